@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Lazy: the callback subclasses transformers.TrainerCallback, and importing transformers costs seconds.
     if name in ("SPFCallback", "add_spf_callback"):
-        from spftune.integrations import transformers as _hf
+        from spftune.integrations import trainer as _hf
 
         return getattr(_hf, name)
     raise AttributeError(f"module 'spftune' has no attribute {name!r}")
