@@ -245,6 +245,42 @@ def test_fit_basis_on_synthetic_low_rank_gradient():
     assert torch.allclose(bf.U @ cf, bd.U @ cd, atol=1e-4)
 
 
+def test_row_sparse_embedding_basis_matches_dense():
+    from spftune.core.capture import TensorGradient
+
+    torch.manual_seed(0)
+    ids, d = torch.tensor([3, 7, 3, 11, 7, 2]), torch.randn(6, 10)
+    sparse = TensorGradient(shape=torch.Size([20, 10]), factors=[(ids, d)])
+    assert sparse.is_row_sparse
+    dense = TensorGradient(shape=torch.Size([20, 10]), dense=sparse.materialize())
+    bs, bd = fit_basis(sparse, rank=3), fit_basis(dense, rank=3)
+    assert bs.rows is not None and bs.k == bd.k == 3
+    assert torch.allclose(bs.U @ bs.U.T, bd.U @ bd.U.T, atol=1e-5)
+    assert torch.allclose(bs.singular_values[:4], bd.singular_values[:4], atol=1e-5)
+    g = torch.randn(20, 10)
+    (ds, cs), (dd, cd) = bs.inner(g), bd.inner(g)
+    assert float(ds) == pytest.approx(float(dd), rel=1e-5)
+    gs, gd = g.clone(), g.clone()
+    bs.remove_(gs, cs)
+    bd.remove_(gd, cd)
+    assert torch.allclose(gs, gd, atol=1e-5)
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[ids] = False
+    assert torch.equal(gs[untouched], g[untouched])  # rows of tokens absent from the safety example
+
+
+def test_gradient_checkpointing_model(tokenizer):
+    model = make_model("llama")
+    model.gradient_checkpointing_enable()
+    model.train()
+    spf = SPFFilter(model, tokenizer, SPFConfig(rank=4))
+    fac, _ = capture_gradients(model, spf._batch(), spf.params, factored=True)
+    ref, _ = capture_gradients(model, spf._batch(), spf.params, factored=False)
+    for name in spf.params:
+        assert rel_err(fac[name].materialize(), ref[name].materialize()) <= 1e-5, name
+    assert model.training
+
+
 def test_refresh_every_reuses_the_basis(tokenizer):
     model = make_model("llama")
     spf = SPFFilter(model, tokenizer, SPFConfig(rank=4, refresh_every=3))

@@ -3,14 +3,19 @@
 Factored path (exact, no (m, n) matrix is formed): with G_s = A^T B, A (T, m), B (T, n),
 
     A^T = Q R            Q (m, r) orthonormal columns, R (r, T), r = min(m, T)   (reduced QR)
-    C   = R B            (r, n), so G_s = Q C
-    C   = U_c S V^T      SVD of the small matrix
-    U   = Q U_c[:, :k_b] (m, k_b), the top-k_b left singular vectors of G_s, k_b = min(k, rank G_s)
+    C   = R B            (r, n), so G_s = Q C and G_s has the singular values of C
+    C C^T = W S^2 W^T    eigendecomposition of an (r, r) Gram matrix, in float64
+    U   = Q W[:, :k_b]   (m, k_b), the top-k_b left singular vectors of G_s, k_b = min(k, rank G_s)
 
-in O((m + n) T^2) instead of O(m n min(m, n)). Reference path: ``torch.linalg.svd`` of the materialized G_s.
+in O((m + n) T^2) instead of O(m n min(m, n)). The (r, r) eigenproblem replaces an SVD of the (r, n) matrix C: we
+need only left vectors, and float64 keeps the squared spectrum accurate far below the rank cutoff. For an untied
+embedding A is one-hot, so Q is a selection of the rows (token ids) that occur, stored as indices: the fine-tuning
+gradient is then read and updated on those rows only (a gather and an index_add instead of a (V, d) matmul).
 
-Both keep what the projection needs to evaluate, for a fine-tuning gradient G_u (m, n), the inner product
-<G_u, G_s> and the coefficients U^T G_u: factored as P = Q^T G_u (r, n), <G_u, G_s> = <P, C>, U^T G_u = U_c^T P;
+Reference path: ``torch.linalg.svd`` of the materialized G_s.
+
+Every form keeps what the projection needs to evaluate, for a fine-tuning gradient G_u (m, n), the inner product
+<G_u, G_s> and the coefficients U^T G_u: factored as P = Q^T G_u (r, n), <G_u, G_s> = <P, C>, U^T G_u = W_k^T P;
 dense directly. The side is always the left one (rows = shape[0]); it is stored by construction, never inferred
 from the shape.
 """
@@ -26,11 +31,11 @@ from spftune.core.capture import TensorGradient
 
 @dataclass
 class SubspaceBasis:
-    """Safety subspace of one tensor. All tensors float32.
+    """Safety subspace of one tensor. Floating tensors are float32.
 
     U: (m, k_b) orthonormal columns. safety_coeff: (k_b, n) = U^T G_s. singular_values: (r,) of G_s, descending.
-    Factored form: Q (m, r) and C (r, n) with G_s = Q C and U = Q @ Uc, Uc (r, k_b). Dense form: Q = Uc = None and
-    C = G_s (m, n).
+    C: (r, n) with G_s = Q C, where Q is dense (m, r) (``Q``), a row selection (``rows``: (r,) indices), or the
+    identity (both None: then C = G_s itself, (m, n)). Uc: (r, k_b) with U = Q Uc.
     """
 
     U: torch.Tensor
@@ -38,6 +43,7 @@ class SubspaceBasis:
     singular_values: torch.Tensor
     C: torch.Tensor
     Q: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
     Uc: torch.Tensor | None = None
 
     @property
@@ -46,20 +52,29 @@ class SubspaceBasis:
 
     @property
     def safety_norm_sq(self) -> torch.Tensor:
-        # ||G_s||_F^2 = ||C||_F^2 in both forms (Q has orthonormal columns).
+        # ||G_s||_F^2 = ||C||_F^2 in every form (Q has orthonormal columns).
         return self.C.pow(2).sum()
 
     def inner(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(<g, G_s>, U^T g) for a gradient g viewed as (m, n); both float32.
 
-        The matmul runs in g's dtype (no float32 copy of a large low-precision gradient); results are upcast.
+        Matmuls run in g's dtype (no float32 copy of a large low-precision gradient); results are upcast.
         """
-        if self.Q is None:
-            dot = (self.C * g.float()).sum() if g.dtype == torch.float32 else (self.C.to(g.dtype) * g).float().sum()
-            coeff = (self.U.to(g.dtype).T @ g).float()
-            return dot, coeff
-        p = (self.Q.to(g.dtype).T @ g).float()  # (r, n)
+        if self.rows is not None:
+            p = g[self.rows].float()  # (r, n)
+        elif self.Q is not None:
+            p = (self.Q.to(g.dtype).T @ g).float()  # (r, n)
+        else:
+            dot = (self.C.to(g.dtype) * g).float().sum() if g.dtype != torch.float32 else (self.C * g).sum()
+            return dot, (self.U.to(g.dtype).T @ g).float()
         return (p * self.C).sum(), self.Uc.T @ p
+
+    def remove_(self, g: torch.Tensor, coeff: torch.Tensor) -> None:
+        """g <- g - U coeff, in place; g (m, n) a view of the gradient, coeff (k_b, n)."""
+        if self.rows is not None:
+            g.index_add_(0, self.rows, (self.Uc @ coeff).to(g.dtype), alpha=-1)
+        else:
+            g.sub_((self.U @ coeff).to(g.dtype))
 
 
 def _rank(s: torch.Tensor, m: int, n: int, rtol: float | None) -> int:
@@ -69,22 +84,41 @@ def _rank(s: torch.Tensor, m: int, n: int, rtol: float | None) -> int:
     return int((s > s[0] * tol).sum())
 
 
+def _left_singular(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors W (r, r) and singular values s (r,) of c (r, n), descending, via eigh of c c^T."""
+    c64 = c.double()
+    evals, evecs = torch.linalg.eigh(c64 @ c64.T)
+    return evecs.flip(1).float(), evals.flip(0).clamp_min(0).sqrt().float()
+
+
 def fit_basis(grad: TensorGradient, rank: int, rtol: float | None = None) -> SubspaceBasis:
     """Top-``rank`` left singular subspace of one tensor's safety gradient (see module docstring)."""
-    m = grad.shape[0] if len(grad.shape) > 0 else 1
+    m = grad.rows
+    if grad.is_factored and grad.is_row_sparse:
+        ids, b = grad.index_factors(torch.float32)  # (T,), (T, n)
+        rows, inverse = torch.unique(ids, return_inverse=True)
+        c = torch.zeros(rows.numel(), b.shape[1], dtype=b.dtype, device=b.device).index_add_(0, inverse, b)
+        w, s = _left_singular(c)
+        kb = min(rank, _rank(s, m, b.shape[1], rtol))
+        uc = w[:, :kb]
+        u = torch.zeros(m, kb, dtype=uc.dtype, device=uc.device)
+        u[rows] = uc
+        return SubspaceBasis(U=u, safety_coeff=uc.T @ c, singular_values=s, C=c, rows=rows, Uc=uc)
     if grad.is_factored and grad.factors:
         a, b = grad.stacked_factors(torch.float32)  # (T, m), (T, n)
-        n = b.shape[1]
         q, r = torch.linalg.qr(a.T)  # (m, r0), (r0, T)
         c = r @ b  # (r0, n)
-        uc, s, vh = torch.linalg.svd(c, full_matrices=False)
-        kb = min(rank, _rank(s, m, n, rtol))
-        uc = uc[:, :kb]
-        return SubspaceBasis(
-            U=q @ uc, safety_coeff=s[:kb, None] * vh[:kb], singular_values=s, C=c, Q=q, Uc=uc
-        )
+        w, s = _left_singular(c)
+        kb = min(rank, _rank(s, m, b.shape[1], rtol))
+        uc = w[:, :kb]
+        return SubspaceBasis(U=q @ uc, safety_coeff=uc.T @ c, singular_values=s, C=c, Q=q, Uc=uc)
     g = grad.materialize(torch.float32)  # (m, n)
     n = g.shape[1]
+    if n == 1:  # a column (bias, norm weight): its only left singular vector is itself, normalized
+        norm = g.norm()
+        kb = min(rank, 1) if bool(norm > 0) else 0
+        u = (g / norm)[:, :kb] if kb else g[:, :0]
+        return SubspaceBasis(U=u, safety_coeff=norm.reshape(1, 1)[:kb], singular_values=norm.reshape(1), C=g)
     u, s, vh = torch.linalg.svd(g, full_matrices=False)
     kb = min(rank, _rank(s, m, n, rtol))
     return SubspaceBasis(U=u[:, :kb].contiguous(), safety_coeff=s[:kb, None] * vh[:kb], singular_values=s, C=g)
@@ -93,9 +127,7 @@ def fit_basis(grad: TensorGradient, rank: int, rtol: float | None = None) -> Sub
 def singular_values(grad: TensorGradient) -> torch.Tensor:
     """All singular values of G (descending, float32), computed from the factors when there are any."""
     if grad.is_factored and grad.factors:
-        a, b = grad.stacked_factors(torch.float32)
-        _, r = torch.linalg.qr(a.T)
-        return torch.linalg.svdvals(r @ b)
+        return fit_basis(grad, rank=1).singular_values
     return torch.linalg.svdvals(grad.materialize(torch.float32))
 
 

@@ -35,7 +35,9 @@ from spftune.core.targets import as_matrix
 class TensorGradient:
     """The gradient of one tensor, viewed as the matrix (m, n) = (shape[0], prod(shape[1:])).
 
-    Either ``factors``: pairs (A (T_i, m), B (T_i, n)) with ``G = sum_i A_i^T B_i``, or ``dense``: G itself (m, n).
+    Either ``factors``: pairs (A, B) with ``G = sum_i A_i^T B_i``, B_i (T_i, n) and A_i either a dense (T_i, m)
+    matrix or, for an embedding, a LongTensor (T_i,) of row indices standing for its one-hot rows; or ``dense``:
+    G itself (m, n).
     """
 
     shape: torch.Size
@@ -46,9 +48,29 @@ class TensorGradient:
     def is_factored(self) -> bool:
         return self.dense is None
 
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if len(self.shape) > 0 else 1
+
+    @property
+    def is_row_sparse(self) -> bool:
+        """True when every factor is an index factor (an untied embedding): G is nonzero on few rows only."""
+        return bool(self.factors) and all(not a.is_floating_point() for a, _ in self.factors)
+
+    def index_factors(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids (T,), B (T, n)) of a row-sparse gradient: G = onehot(ids)^T B."""
+        ids = torch.cat([a for a, _ in self.factors])
+        b = torch.cat([b for _, b in self.factors]).to(dtype)
+        return ids, b
+
     def stacked_factors(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A (T, m), B (T, n)) with all factor pairs concatenated along T."""
-        a = torch.cat([f[0] for f in self.factors]).to(dtype)
+        """(A (T, m), B (T, n)) with all factor pairs concatenated along T (index factors made one-hot)."""
+        a = torch.cat(
+            [
+                f[0].to(dtype) if f[0].is_floating_point() else nn.functional.one_hot(f[0], self.rows).to(dtype)
+                for f in self.factors
+            ]
+        )
         b = torch.cat([f[1] for f in self.factors]).to(dtype)
         return a, b
 
@@ -190,8 +212,8 @@ def capture_gradients(
             ids = x.detach().reshape(-1)
             if module.padding_idx is not None:
                 d = d * (ids != module.padding_idx).unsqueeze(1).to(d.dtype)  # embedding backward drops pad rows
-            # G (V, d) = H^T D with H the one-hot rows of the ids.
-            a, b = nn.functional.one_hot(ids, module.num_embeddings).to(d.dtype), d
+            # G (V, d) = H^T D with H the one-hot rows of the ids, kept as the ids themselves.
+            a, b = ids, d
         live = d.abs().amax(dim=1) > 0  # positions after the last labelled token carry no gradient
         tg.factors.append((a[live], b[live]))
     dense_list = [p for p in params.values() if id(p) in dense_names]

@@ -77,11 +77,12 @@ def project_gradients_(
         if removal == "conflict_only":
             m = m * (m * basis.safety_coeff < 0)
         grad = grads[n]
-        delta = (basis.U @ m).to(grad.dtype)  # (m, n)
         if grad.is_contiguous():
-            as_matrix(grad).sub_(delta)
+            basis.remove_(as_matrix(grad), m)
         else:
-            grad.copy_((as_matrix(grad) - delta).reshape(grad.shape))
+            g2 = as_matrix(grad).clone()
+            basis.remove_(g2, m)
+            grad.copy_(g2.reshape(grad.shape))
         r_sq = m.pow(2).sum()
         removed_sq.append(r_sq)
         after_sq = (norms_sq[n] - r_sq).clamp_min(0)

@@ -1,0 +1,142 @@
+"""Cost of one SPF optimizer step against a plain SFT step, on the default model.
+
+    .venv/bin/python bench/step_overhead.py [--steps 4] [--batch 8] [--seq 128] [--json OUT.json]
+
+Timing: one process, one model per setting (full fine-tuning, LoRA r=16 on all linear layers); the methods are
+interleaved step by step (plain, SPF factored with the paper's global gate, SPF factored with the gate forced on,
+SPF reference), so drift and noise from other load hit them alike; the median over ``--steps`` measured steps
+(after one warm-up step each) is reported, with the ratio to plain SFT in the same run.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` per method in this process. On CPU there is no allocator
+counter, so each method runs a few steps in a fresh subprocess and reports its peak resident set size (ru_maxrss);
+the ratio is to the plain subprocess. The subprocess includes Python, torch and the model, so the ratio is a
+conservative (diluted) view of the extra memory; the extra bytes are printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+METHODS = ("plain", "spf-factored", "spf-factored-always", "spf-reference")
+
+
+def build(setting: str):
+    from peft import LoraConfig, get_peft_model
+
+    from spftune.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(None)
+    model.train()
+    if setting == "lora":
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    return model, tok, opt
+
+
+def make_filter(method: str, model, tok):
+    from spftune import SPFConfig, SPFFilter
+
+    if method == "plain":
+        return None
+    cfg = SPFConfig(
+        rank=20,
+        method="reference" if method == "spf-reference" else "factored",
+        gate="always" if method == "spf-factored-always" else "global",
+    )
+    return SPFFilter(model, tok, cfg)
+
+
+def one_step(model, opt, spf, batch) -> float:
+    start = time.perf_counter()
+    out = model(input_ids=batch, labels=batch)
+    out.loss.backward()
+    if spf is not None:
+        spf.apply_()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_setting(setting: str, steps: int, batch_size: int, seq: int) -> dict:
+    model, tok, opt = build(setting)
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    filters = {m: make_filter(m, model, tok) for m in METHODS}
+    times = {m: [] for m in METHODS}
+    for i in range(steps + 1):
+        batch = torch.randint(0, vocab, (batch_size, seq), generator=gen)
+        for m in METHODS:
+            t = one_step(model, opt, filters[m], batch)
+            if i > 0:  # the first round is warm-up
+                times[m].append(t)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    return {
+        m: {"median_s": med[m], "ratio": med[m] / med["plain"], "samples": times[m]} for m in METHODS
+    }
+
+
+def peak_memory_child(setting: str, method: str, batch_size: int, seq: int) -> None:
+    model, tok, opt = build(setting)
+    spf = make_filter(method, model, tok)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    batch = torch.randint(0, vocab, (batch_size, seq), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        one_step(model, opt, spf, batch)
+    print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+def peak_memory(setting: str, batch_size: int, seq: int) -> dict:
+    out = {}
+    for m in METHODS:
+        cmd = [sys.executable, __file__, "--child", setting, m, "--batch", str(batch_size), "--seq", str(seq)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[m] = json.loads(res.stdout.strip().splitlines()[-1])["maxrss_kib"] / 1024
+    return {m: {"peak_mib": v, "ratio": v / out["plain"], "extra_mib": v - out["plain"]} for m, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--settings", default="full,lora")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--child", nargs=2, metavar=("SETTING", "METHOD"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        peak_memory_child(*args.child, args.batch, args.seq)
+        return
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    results = {"device": device, "batch": args.batch, "seq": args.seq, "steps": args.steps, "settings": {}}
+    for setting in args.settings.split(","):
+        timing = time_setting(setting, args.steps, args.batch, args.seq)
+        memory = None if args.no_memory else peak_memory(setting, args.batch, args.seq)
+        results["settings"][setting] = {"time": timing, "memory": memory}
+    print(f"SmolLM2-135M-Instruct, batch {args.batch} x {args.seq} tokens, {device}, median of {args.steps} steps\n")
+    print("| setting | method | s / step | time vs plain | peak MiB | memory vs plain |")
+    print("|---|---|---|---|---|---|")
+    for setting, r in results["settings"].items():
+        for m in METHODS:
+            t = r["time"][m]
+            mem = r["memory"][m] if r["memory"] else None
+            mem_cells = f"{mem['peak_mib']:.0f} | {mem['ratio']:.3f}x" if mem else "- | -"
+            print(f"| {setting} | {m} | {t['median_s']:.2f} | {t['ratio']:.3f}x | {mem_cells} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
