@@ -1,0 +1,234 @@
+"""Step 2 of the house protocol: align a chat model so that it refuses harmful requests and still answers others.
+
+The recipe (supervised, full fine-tuning):
+
+- every harmful *train* prompt of the project's data -> its written refusal;
+- every benign and every "sounds dangerous but is safe" (over-refusal) *train* prompt -> the answer the model itself
+  gave before alignment (greedy, ``answer_tokens`` new tokens, cut back to the last finished sentence); answers
+  that the keyword judge would count as refusals are dropped, so refusing a safe prompt is never taught;
+- ``epochs`` passes with AdamW, ``lr``, batch ``batch_size``.
+
+Self-generated answers keep the model's own voice (its answers change little), so the optimisation mostly learns
+*when* to refuse. The aligned checkpoint is cached under ``$SPFTUNE_HOME/aligned/<hash>``, keyed by the recipe, the
+model and the data; the self-answers are cached too (keyed by model, prompts and ``answer_tokens``), so changing
+only the optimisation settings does not regenerate them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spftune.train.config import check_keys
+
+ALIGN_RECIPE_VERSION = "1"
+
+
+@dataclass
+class AlignConfig:
+    """Options of :func:`align` and ``spftune align`` (keys = flags = YAML keys).
+
+    Data: ``refusals`` / ``benign`` / ``overrefusal`` cap how many train prompts of each kind are used (``-1`` = all);
+    ``answer_tokens`` bounds the self-generated answers. Optimisation: ``epochs``, ``lr``, ``batch_size``,
+    ``max_length``, ``seed``. Output: ``out`` (default: the cache), ``force`` (re-align even if cached).
+    """
+
+    model: str | None = field(default=None, metadata={"help": "Model to align: Hugging Face id or local directory (default: the embedded SmolLM2-135M-Instruct)."})
+    out: str | None = field(default=None, metadata={"help": "Directory of the aligned run (default: cached under $SPFTUNE_HOME/aligned/<recipe hash>)."})
+    refusals: int = field(default=-1, metadata={"help": "Harmful train prompts -> refusals to use (-1 = all)."})
+    benign: int = field(default=-1, metadata={"help": "Benign train prompts -> self-generated answers to use (-1 = all)."})
+    overrefusal: int = field(default=-1, metadata={"help": "Safe-but-scary train prompts -> self-generated answers (-1 = all)."})
+    answer_tokens: int = field(default=64, metadata={"help": "Max new tokens of each self-generated answer."})
+    epochs: float = field(default=3.0, metadata={"help": "Passes over the alignment data."})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (linear decay, 5% warm-up)."})
+    batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step."})
+    max_length: int = field(default=128, metadata={"help": "Token limit of one alignment example."})
+    seed: int = field(default=0, metadata={"help": "Seed of data order and subsets."})
+    force: bool = field(default=False, metadata={"help": "Re-align even if a cached checkpoint for this recipe exists."})
+
+    def __post_init__(self) -> None:
+        for name in ("refusals", "benign", "overrefusal"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < -1:
+                raise ValueError(f"{name} must be -1 (all) or a count >= 0, got {value!r}")
+        for name in ("answer_tokens", "batch_size", "max_length"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.epochs > 0 or not self.lr > 0:
+            raise ValueError(f"epochs and lr must be > 0, got epochs={self.epochs!r}, lr={self.lr!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> AlignConfig:
+        return cls(**check_keys(cls, values))
+
+    def recipe(self) -> dict[str, Any]:
+        """The fields that determine the aligned weights (not where they go, not whether to redo them)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("model", "out", "force")}
+
+
+def quick_align_config(**overrides: Any) -> AlignConfig:
+    """A small recipe for smoke tests and ``demo --quick``: a minute on 2 CPU cores; it does not reach the targets."""
+    values = dict(refusals=32, benign=24, overrefusal=8, answer_tokens=32, epochs=2.0, batch_size=16, max_length=96)
+    values.update(overrides)
+    return AlignConfig(**values)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def model_identity(model_source: str) -> dict[str, Any]:
+    """What identifies the starting weights: the source, plus size and mtime of local weight files."""
+    ident: dict[str, Any] = {"source": str(model_source)}
+    path = Path(model_source)
+    if path.is_dir():
+        ident["source"] = str(path.resolve())
+        ident["weights"] = sorted(
+            (p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in path.glob("*.safetensors")
+        )
+    return ident
+
+
+def _take(rows: list[dict], n: int) -> list[dict]:
+    return list(rows) if n < 0 else list(rows)[:n]
+
+
+def alignment_prompts(cfg: AlignConfig) -> dict[str, list[dict]]:
+    """The train prompts the recipe uses: ``harmful`` (with ``refusal``), ``benign``, ``overrefusal``."""
+    from spftune.data import load_prompts
+
+    return {
+        "harmful": _take(load_prompts("harmful", "train"), cfg.refusals),
+        "benign": _take(load_prompts("benign", "train"), cfg.benign),
+        "overrefusal": _take(load_prompts("overrefusal", "train"), cfg.overrefusal),
+    }
+
+
+_SENTENCE_END = re.compile(r"[.!?:)\]\n](?=\s|$)")
+
+
+def trim_to_sentence(text: str) -> str:
+    """Cut a possibly truncated answer back to its last finished sentence (kept whole when none ends)."""
+    text = text.strip()
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if ends and ends[-1] >= len(text) // 3:
+        return text[: ends[-1]].strip()
+    return text
+
+
+def self_answers(
+    model: Any, tokenizer: Any, prompts: list[str], *, answer_tokens: int, cache_key: str | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """The model's own greedy answers, trimmed to finished sentences; cached on disk when ``cache_key`` is given."""
+    from spftune.models import spftune_home, write_text_atomic
+
+    path = None
+    if cache_key is not None:
+        path = spftune_home() / "self_answers" / f"{cache_key}.json"
+        if path.is_file():
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if cached.get("prompts") == prompts:
+                return cached["answers"]
+    from spftune.eval import generate
+
+    raw = generate(model, tokenizer, prompts, max_new_tokens=answer_tokens, batch_size=32, show_progress=progress)
+    answers = [trim_to_sentence(a) for a in raw]
+    if path is not None:
+        write_text_atomic(path, json.dumps({"prompts": prompts, "answers": answers}, ensure_ascii=False))
+    return answers
+
+
+def alignment_examples(
+    cfg: AlignConfig, model: Any, tokenizer: Any, model_key: str, *, progress: bool = True
+) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """The alignment training set and its counts (``refusals``, ``answers``, ``dropped_refusals``, ...)."""
+    from spftune.eval import is_refusal
+
+    prompts = alignment_prompts(cfg)
+    helpful = [r["prompt"] for r in prompts["benign"] + prompts["overrefusal"]]
+    key = _digest({"model": model_key, "prompts": helpful, "tokens": cfg.answer_tokens, "v": ALIGN_RECIPE_VERSION})
+    answers = self_answers(model, tokenizer, helpful, answer_tokens=cfg.answer_tokens, cache_key=key[:24],
+                           progress=progress) if helpful else []
+    examples = [{"prompt": r["prompt"], "response": r["refusal"]} for r in prompts["harmful"]]
+    kept = dropped = 0
+    n_benign = len(prompts["benign"])
+    counts = {"refusals": len(examples), "benign_answers": 0, "overrefusal_answers": 0}
+    for i, (prompt, answer) in enumerate(zip(helpful, answers, strict=True)):
+        if not answer.strip() or is_refusal(answer):
+            dropped += 1
+            continue
+        examples.append({"prompt": prompt, "response": answer})
+        counts["benign_answers" if i < n_benign else "overrefusal_answers"] += 1
+        kept += 1
+    counts["dropped_refusing_answers"] = dropped
+    return examples, counts
+
+
+def aligned_dir(cfg: AlignConfig, model_source: str) -> Path:
+    """Where the aligned run of this recipe lives: ``cfg.out`` or the cache path keyed by the recipe hash."""
+    if cfg.out:
+        return Path(cfg.out).expanduser()
+    from spftune.data import load_prompts
+    from spftune.models import spftune_home
+
+    data = {kind: load_prompts(kind, "train") for kind in ("harmful", "benign", "overrefusal")}
+    key = _digest({"recipe": cfg.recipe(), "model": model_identity(model_source), "data": _digest(data),
+                   "v": ALIGN_RECIPE_VERSION})
+    return spftune_home() / "aligned" / key[:16]
+
+
+def load_cached_alignment(path: Path) -> dict[str, Any] | None:
+    info = path / "alignment.json"
+    if (path / "checkpoint" / "config.json").is_file() and info.is_file():
+        return json.loads(info.read_text(encoding="utf-8"))
+    return None
+
+
+def align(
+    cfg: AlignConfig | None = None, *, model: Any = None, tokenizer: Any = None, progress: bool = True
+) -> dict[str, Any]:
+    """Align ``cfg.model`` (or the given ``model``/``tokenizer``, which are then modified in place).
+
+    Returns the alignment record (also ``<run>/alignment.json``): ``checkpoint`` (a plain safetensors checkpoint),
+    ``run_dir``, ``cached`` (True when nothing was trained), the data counts and the training metrics. With a cached
+    run and no ``force`` nothing is loaded or trained.
+    """
+    from spftune.models import load_model_and_tokenizer, resolve_model, write_text_atomic
+    from spftune.train.config import TrainConfig
+    from spftune.train.loop import train, write_yaml
+
+    cfg = cfg if cfg is not None else AlignConfig()
+    source = resolve_model(cfg.model)
+    run_dir = aligned_dir(cfg, source)
+    cached = None if cfg.force else load_cached_alignment(run_dir)
+    if cached is not None:
+        return {**cached, "cached": True}
+
+    if model is None or tokenizer is None:
+        model, tokenizer = load_model_and_tokenizer(source)
+    examples, counts = alignment_examples(cfg, model, tokenizer, _digest(model_identity(source)), progress=progress)
+    steps_per_epoch = -(-len(examples) // cfg.batch_size)
+    train_cfg = TrainConfig(
+        model=source, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
+        seed=cfg.seed, lr_schedule="linear", warmup_steps=max(1, int(0.05 * steps_per_epoch * cfg.epochs)),
+        device="auto",
+    )
+    metrics = train(model, tokenizer, examples, train_cfg, method="sft", out_dir=run_dir, progress=progress,
+                    desc="aligning")
+    write_yaml(run_dir / "config.yaml", {**asdict(cfg), "model": cfg.model, "out": str(run_dir)})
+    record = {
+        "checkpoint": metrics["checkpoint"],
+        "run_dir": str(run_dir),
+        "model": str(source),
+        "recipe": cfg.recipe(),
+        "recipe_version": ALIGN_RECIPE_VERSION,
+        "data": counts,
+        "train": metrics,
+    }
+    write_text_atomic(run_dir / "alignment.json", json.dumps(record, indent=2) + "\n")
+    return {**record, "cached": False}
