@@ -130,6 +130,24 @@ def test_inner_product_matches_dense(ids1, ids2):
     assert gradient_norm_sq(g1) == pytest.approx(float(d1.pow(2).sum()), rel=1e-5)
 
 
+@pytest.mark.parametrize("t_u", [2, 40], ids=["factored-route", "dense-route"])
+def test_tensor_products_agree_across_routes(t_u):
+    from spftune.analysis.conflict import _cheaper_dense, tensor_products
+
+    gu = {"w": _random_factored(6, 5, t_u, seed=5), "emb": _random_factored(7, 5, t_u, seed=6, ids=True)}
+    gs = {"w": _random_factored(6, 5, 3, seed=7), "emb": _random_factored(7, 5, 3, seed=8, ids=True)}
+    assert _cheaper_dense(gu["w"], [gs["w"]]) == (t_u == 40)
+    norms = {k: gradient_norm_sq(g) for k, g in gs.items()}
+    seen = {}
+    (products,) = tensor_products(gu, [gs], [norms], visit_dense=seen.__setitem__, visit=lambda n: n == "w")
+    assert set(seen) == {"w"} and torch.allclose(seen["w"], gu["w"].materialize(), atol=1e-5)
+    for name in gu:
+        du, ds = gu[name].materialize(), gs[name].materialize()
+        assert products[name] == pytest.approx(
+            (float((du * ds).sum()), float(du.pow(2).sum()), float(ds.pow(2).sum())), rel=1e-4
+        )
+
+
 def test_conflict_cosine_sign_on_constructed_cases():
     gs = _random_factored(8, 6, 3, seed=4)
     a, b = gs.factors[0]
@@ -250,3 +268,18 @@ def test_cli_analyze_end_to_end(tmp_path, capsys):
     assert main([*argv[:3], "--utility", "nope.jsonl", "--out", str(out)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("spftune analyze: error")]
     assert len(err) == 2 and "--rank" in err[0] and "nope.jsonl" in err[1]
+
+
+def test_add_parser_and_yaml_config(tmp_path):
+    import argparse
+
+    from spftune.analysis.cli import add_parser, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    config = tmp_path / "analyze.yaml"
+    config.write_text("rank: 7\nutility: gsm8k\ntargets: ['q_proj']\n")
+    args = parser.parse_args(["analyze", "--config", str(config), "--rank", "5"])
+    cfg = config_from_args(args)
+    assert (cfg.rank, cfg.utility, cfg.targets, cfg.n_batches) == (5, "gsm8k", ["q_proj"], 4)
+    assert config_from_args(parser.parse_args(["analyze"])).targets == "all"

@@ -105,18 +105,18 @@ def tensor_products(
     utility: dict[str, TensorGradient],
     references: list[dict[str, TensorGradient]],
     reference_norm_sq: list[dict[str, float]],
-    keep_dense: Callable[[str], bool] | None = None,
-) -> tuple[list[dict[str, tuple[float, float, float]]], dict[str, torch.Tensor]]:
+    visit_dense: Callable[[str, torch.Tensor], None] | None = None,
+    visit: Callable[[str], bool] | None = None,
+) -> list[dict[str, tuple[float, float, float]]]:
     """Per reference and tensor (<G_u, G_s>, ||G_u||^2, ||G_s||^2), for the tensors both hold.
 
-    Each utility gradient is formed densely (one tensor at a time) when that is cheaper than the (T_u, T_s) route.
-    Returns the products and the dense utility gradients for which ``keep_dense(name)`` is true (formed if needed).
+    Each utility gradient is formed densely (one tensor at a time) when that is cheaper than the (T_u, T_s) route,
+    or when ``visit(name)`` asks for it: then ``visit_dense(name, G_u)`` sees it before it is dropped.
     """
     products: list[dict[str, tuple[float, float, float]]] = [{} for _ in references]
-    kept: dict[str, torch.Tensor] = {}
     for name, gu in utility.items():
         refs = [r[name] for r in references if name in r]
-        keep = keep_dense is not None and keep_dense(name)
+        keep = visit_dense is not None and (visit is None or visit(name))
         dense = dense_gradient(gu) if keep or _cheaper_dense(gu, refs) else None
         if dense is not None:
             norm_u = float(dense.double().pow(2).sum())
@@ -127,8 +127,8 @@ def tensor_products(
             if name in ref:
                 out[name] = (gradient_inner(view, ref[name]), norm_u, norms[name])
         if keep:
-            kept[name] = dense
-    return products, kept
+            visit_dense(name, dense)
+    return products
 
 
 def pooled_cosines(

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from spftune.analysis.grouping import ordered_layer_keys, tensor_type
+from spftune.analysis.grouping import layer_key, ordered_layer_keys, tensor_type
 from spftune.analysis.result import AnalysisResult, CurveSummary
 from spftune.models.storage import write_bytes_atomic
 
@@ -88,8 +88,6 @@ def plot_conflict(result: AnalysisResult, path: Path) -> Path:
     types = sorted({tensor_type(n) for n in conflict.per_tensor})
     cell: dict[tuple[str, str], list[float]] = {}
     for name, cos in conflict.per_tensor.items():
-        from spftune.analysis.grouping import layer_key
-
         finite = [c for c in cos if c is not None and not math.isnan(c)]
         if finite:
             cell.setdefault((layer_key(name), tensor_type(name)), []).append(sum(finite) / len(finite))

@@ -206,6 +206,7 @@ def judge(
     overlap: OverlapSummary,
     rank: int,
     thresholds: FindingThresholds,
+    conflict_batch: ConflictSummary | None = None,
 ) -> list[Finding]:
     """The three verdicts, each with the numbers behind it."""
     t = thresholds
@@ -233,11 +234,21 @@ def judge(
             f"global cosine with the SPF safety example negative on {rate:.0%} of {conflict.steps} utility steps "
             f"(mean {conflict.mean_global_cosine:+.3f}); {conflict.negative_share:.0%} of per-tensor cosines negative; "
             f"needs >= {t.gate_fire_min:.0%} of steps."
+            + (
+                f" Against the safety batch instead: negative on {conflict_batch.gate_fire_rate:.0%} of steps "
+                f"(mean {conflict_batch.mean_global_cosine:+.3f})."
+                if conflict_batch is not None else ""
+            )
         ),
         numbers={
             "gate_fire_rate": rate,
             "mean_global_cosine": conflict.mean_global_cosine,
             "negative_tensor_share": conflict.negative_share,
+            **(
+                {"gate_fire_rate_safety_batch": conflict_batch.gate_fire_rate,
+                 "mean_global_cosine_safety_batch": conflict_batch.mean_global_cosine}
+                if conflict_batch is not None else {}
+            ),
         },
     )
     k = min(t.overlap_k or rank, len(overlap.curve.mean))

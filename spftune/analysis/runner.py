@@ -196,7 +196,9 @@ def analyze(
         raise ValueError("safety_examples is empty; pass {prompt, refusal} pairs or leave it None for the default set")
     groups = by_category(pool)
     use_categories = len(groups) >= 2 and max_categories != 0
-    safety_batch = round_robin(groups, n_safety_batch, skip_first=use_categories) if groups else pool[:n_safety_batch]
+    # The first example of each category is held out of the batch (it is that category's single example), whether
+    # or not the transfer matrix is computed, so the batch does not depend on that setting.
+    safety_batch = round_robin(groups, n_safety_batch, skip_first=True) if groups else []
     if not safety_batch:
         safety_batch = pool[:n_safety_batch]
     params = select_parameters(model, targets)
@@ -222,6 +224,11 @@ def analyze(
     steps_single, steps_batch = [], []
     cer_utility: dict[str, list[float]] = {}
     utility_tokens, utility_losses = [], []
+
+    def add_spectrum(name: str, g: torch.Tensor) -> None:
+        # Utility CER needs singular values only, taken from the dense (m, n) gradient: T_u is large.
+        cer_utility[name] = explained_ratio(singular_values(TensorGradient(shape=g.shape, dense=g)), rank)
+
     for i in range(n_batches):
         demos = utility[i * batch_size : (i + 1) * batch_size]
         if not demos:
@@ -229,18 +236,13 @@ def analyze(
         g_u, loss_u, tok_u = _capture(model, tokenizer, demos, params, max_length, "utility")
         utility_tokens.append(tok_u)
         utility_losses.append(loss_u)
-        matrices = {name for name, g in g_u.items() if is_matrix(g.shape)} if i == 0 else set()
-        (to_single, to_batch), dense = tensor_products(
-            g_u, [g_single, g_batch], [norm_single, norm_batch], keep_dense=matrices.__contains__
+        to_single, to_batch = tensor_products(
+            g_u, [g_single, g_batch], [norm_single, norm_batch],
+            visit_dense=add_spectrum if i == 0 else None, visit=lambda name, g=g_u: is_matrix(g[name].shape),
         )
         steps_single.append(to_single)
         steps_batch.append(to_batch)
-        if i == 0:  # utility spectra: only singular values are needed, from the dense gradient (T_u is large)
-            cer_utility = {
-                name: explained_ratio(singular_values(TensorGradient(shape=g_u[name].shape, dense=g)), rank)
-                for name, g in dense.items()
-            }
-        del g_u, dense
+        del g_u
         clock.lap(f"utility batch {i + 1}")
     del g_single, g_batch
 
@@ -281,7 +283,7 @@ def analyze(
     )
     conflict = _conflict_summary("spf_example", steps_single)
     conflict_batch = _conflict_summary("safety_batch", steps_batch)
-    findings = judge(cer_s, cer_u, conflict, overlap_summary, rank, thresholds)
+    findings = judge(cer_s, cer_u, conflict, overlap_summary, rank, thresholds, conflict_batch=conflict_batch)
     clock.lap("summaries")
     settings = {
         "model": model_name or getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__,

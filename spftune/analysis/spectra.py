@@ -104,7 +104,7 @@ def spectra(
     for name, grad in grads.items():
         if not is_matrix(grad.shape):
             continue
-        u, s = gradient_basis(grad, max(rank, 1))
+        u, s = gradient_basis(grad, rank)
         cer[name] = explained_ratio(s, k_max)
         bases[name] = u
     return cer, bases
