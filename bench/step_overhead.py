@@ -93,13 +93,24 @@ def peak_memory_child(setting: str, method: str, batch_size: int, seq: int) -> N
     batch = torch.randint(0, vocab, (batch_size, seq), generator=torch.Generator().manual_seed(0))
     for _ in range(2):
         one_step(model, opt, spf, batch)
-    print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    print(json.dumps({"maxrss_kib": peak_rss_kib()}))
+
+
+def peak_rss_kib() -> int:
+    # VmHWM: the peak RSS of this process image. (ru_maxrss is inherited across fork+exec on Linux, so a child
+    # started by a large parent would report the parent's peak.)
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def peak_memory(setting: str, batch_size: int, seq: int) -> dict:
     out = {}
     for m in METHODS:
         cmd = [sys.executable, __file__, "--child", setting, m, "--batch", str(batch_size), "--seq", str(seq)]
+        cmd += ["--threads", str(torch.get_num_threads())]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[m] = json.loads(res.stdout.strip().splitlines()[-1])["maxrss_kib"] / 1024
     return {m: {"peak_mib": v, "ratio": v / out["plain"], "extra_mib": v - out["plain"]} for m, v in out.items()}
@@ -112,16 +123,20 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--settings", default="full,lora")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--child", nargs=2, metavar=("SETTING", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         peak_memory_child(*args.child, args.batch, args.seq)
         return
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     results = {"device": device, "batch": args.batch, "seq": args.seq, "steps": args.steps, "settings": {}}
     for setting in args.settings.split(","):
-        timing = time_setting(setting, args.steps, args.batch, args.seq)
+        timing = None if args.no_timing else time_setting(setting, args.steps, args.batch, args.seq)
         memory = None if args.no_memory else peak_memory(setting, args.batch, args.seq)
         results["settings"][setting] = {"time": timing, "memory": memory}
     print(f"SmolLM2-135M-Instruct, batch {args.batch} x {args.seq} tokens, {device}, median of {args.steps} steps\n")
@@ -129,10 +144,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for setting, r in results["settings"].items():
         for m in METHODS:
-            t = r["time"][m]
+            t = r["time"][m] if r["time"] else None
             mem = r["memory"][m] if r["memory"] else None
+            time_cells = f"{t['median_s']:.2f} | {t['ratio']:.3f}x" if t else "- | -"
             mem_cells = f"{mem['peak_mib']:.0f} | {mem['ratio']:.3f}x" if mem else "- | -"
-            print(f"| {setting} | {m} | {t['median_s']:.2f} | {t['ratio']:.3f}x | {mem_cells} |")
+            print(f"| {setting} | {m} | {time_cells} | {mem_cells} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -100,6 +100,8 @@ def test_projected_gradient_is_orthogonal_to_basis(family, lora, tokenizer):
     random_grads_(model)
     spf = SPFFilter(model, tokenizer, SPFConfig(rank=3, gate="always"))
     spf.apply_()
+    assert spf.bases is None  # released after use when the next step refreshes
+    spf.refresh()  # same weights: the same basis as the one just used
     for name, p in spf.params.items():
         u = spf.bases[name].U
         g = as_matrix(p.grad)
@@ -158,6 +160,7 @@ def test_global_gate_fires_on_conflict_and_per_tensor_gate_is_selective(tokenize
         p.grad = (sign * noisy(gs[name])).reshape(p.shape).clone()
     before = grads_of(model)
     stats = spf.apply_()
+    spf.refresh()
     for name in names:
         changed = not torch.equal(spf.params[name].grad, before[name])
         nonzero = gs[name].norm() > 0 and spf.bases[name].k > 0
@@ -170,6 +173,7 @@ def test_global_gate_fires_on_conflict_and_per_tensor_gate_is_selective(tokenize
         p.grad = (sign * noisy(gs[name])).reshape(p.shape).clone()
     spf = SPFFilter(model, tokenizer, SPFConfig(rank=4, gate="global"))
     stats = spf.apply_()
+    spf.refresh()
     # Tensors whose safety gradient is exactly zero (k_proj.bias: softmax is shift-invariant) have k = 0.
     assert stats["conflict"] and stats["projected_tensors"] == sum(b.k > 0 for b in spf.bases.values())
     assert stats["projected_tensors"] >= stats["covered_tensors"] - 2

@@ -73,8 +73,8 @@ class SubspaceBasis:
         """g <- g - U coeff, in place; g (m, n) a view of the gradient, coeff (k_b, n)."""
         if self.rows is not None:
             g.index_add_(0, self.rows, (self.Uc @ coeff).to(g.dtype), alpha=-1)
-        else:
-            g.sub_((self.U @ coeff).to(g.dtype))
+        else:  # addmm_ writes into g: no (m, n) temporary, which matters for (vocab, d) embeddings
+            g.addmm_(self.U.to(g.dtype), coeff.to(g.dtype), alpha=-1)
 
 
 def _rank(s: torch.Tensor, m: int, n: int, rtol: float | None) -> int:

@@ -125,6 +125,10 @@ class SPFFilter:
             self.refresh()
         stats = self._project()
         self.step += 1
+        if self.step % self.config.refresh_every == 0:
+            # The next call recomputes the bases: free them now, so they never sit beside the next step's
+            # activations (they hold T rows per layer plus a (vocab, T) factor for embeddings).
+            self.bases = None
         stats.update(seconds=time.perf_counter() - start, safety_loss=self.safety_loss, refreshed=refreshed)
         self.last_stats = stats
         return stats

@@ -54,7 +54,7 @@ def project_gradients_(
     for n in names:
         g = as_matrix(grads[n])
         dots[n], coeffs[n] = bases[n].inner(g)
-        norms_sq[n] = g.float().pow(2).sum() if g.dtype != torch.float32 else g.pow(2).sum()
+        norms_sq[n] = torch.linalg.vector_norm(g, dtype=torch.float32).square()  # no squared copy of g
     dev = dots[names[0]].device if names else torch.device("cpu")
     dot_vec = torch.stack([dots[n].to(dev) for n in names]) if names else torch.zeros(0)
     # One host sync per step: the gate is a data-dependent branch and skipping work on non-conflict steps pays.
