@@ -32,3 +32,4 @@ __all__ = [
     "train",
     "training_tasks",
 ]
+import spftune.baselines  # noqa: E402,F401  (registers the baseline methods: mix, safegrad, safelora, spf-*)
