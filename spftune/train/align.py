@@ -42,6 +42,7 @@ class AlignConfig:
     refusals: int = field(default=-1, metadata={"help": "Harmful train prompts -> refusals to use (-1 = all)."})
     benign: int = field(default=-1, metadata={"help": "Benign train prompts -> self-generated answers to use (-1 = all)."})
     overrefusal: int = field(default=-1, metadata={"help": "Safe-but-scary train prompts -> self-generated answers (-1 = all)."})
+    overrefusal_repeats: int = field(default=3, metadata={"help": "Times each safe-but-scary example is repeated (they teach *not* to refuse on alarming words)."})
     answer_tokens: int = field(default=64, metadata={"help": "Max new tokens of each self-generated answer."})
     epochs: float = field(default=3.0, metadata={"help": "Passes over the alignment data."})
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (linear decay, 5% warm-up)."})
@@ -55,7 +56,7 @@ class AlignConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < -1:
                 raise ValueError(f"{name} must be -1 (all) or a count >= 0, got {value!r}")
-        for name in ("answer_tokens", "batch_size", "max_length"):
+        for name in ("answer_tokens", "batch_size", "max_length", "overrefusal_repeats"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not self.epochs > 0 or not self.lr > 0:
@@ -71,8 +72,9 @@ class AlignConfig:
 
 
 def quick_align_config(**overrides: Any) -> AlignConfig:
-    """A small recipe for smoke tests and ``demo --quick``: a minute on 2 CPU cores; it does not reach the targets."""
-    values = dict(refusals=32, benign=24, overrefusal=8, answer_tokens=32, epochs=2.0, batch_size=16, max_length=96)
+    """A small recipe for smoke tests and ``demo --quick`` (3 optimizer steps); it does not reach the targets."""
+    values = dict(refusals=24, benign=16, overrefusal=8, overrefusal_repeats=1, answer_tokens=24, epochs=1.0,
+                  batch_size=16, max_length=96)
     values.update(overrides)
     return AlignConfig(**values)
 
@@ -108,7 +110,8 @@ def alignment_prompts(cfg: AlignConfig) -> dict[str, list[dict]]:
     }
 
 
-_SENTENCE_END = re.compile(r"[.!?:)\]\n](?=\s|$)")
+# A finished sentence ends with . ! ? (not a list number such as "2.") or a colon before a line break.
+_SENTENCE_END = re.compile(r"(?<!\b\d)(?<!\b\d\d)[.!?)](?=\s|$)|:(?=\n)")
 
 
 def trim_to_sentence(text: str) -> str:
@@ -124,23 +127,30 @@ def self_answers(
     model: Any, tokenizer: Any, prompts: list[str], *, answer_tokens: int, cache_key: str | None = None,
     progress: bool = True,
 ) -> list[str]:
-    """The model's own greedy answers, trimmed to finished sentences; cached on disk when ``cache_key`` is given."""
+    """The model's own greedy answers, trimmed to finished sentences.
+
+    With ``cache_key`` (identifying the model and ``answer_tokens``) answers are cached per prompt on disk, so a
+    recipe that uses more or fewer prompts generates only the missing ones.
+    """
     from spftune.models import spftune_home, write_text_atomic
 
-    path = None
-    if cache_key is not None:
-        path = spftune_home() / "self_answers" / f"{cache_key}.json"
-        if path.is_file():
+    path = spftune_home() / "self_answers" / f"{cache_key}.json" if cache_key is not None else None
+    cached: dict[str, str] = {}
+    if path is not None and path.is_file():
+        try:
             cached = json.loads(path.read_text(encoding="utf-8"))
-            if cached.get("prompts") == prompts:
-                return cached["answers"]
-    from spftune.eval import generate
+        except json.JSONDecodeError:
+            cached = {}
+    missing = [p for p in dict.fromkeys(prompts) if p not in cached]
+    if missing:
+        from spftune.eval import generate
 
-    raw = generate(model, tokenizer, prompts, max_new_tokens=answer_tokens, batch_size=32, show_progress=progress)
-    answers = [trim_to_sentence(a) for a in raw]
-    if path is not None:
-        write_text_atomic(path, json.dumps({"prompts": prompts, "answers": answers}, ensure_ascii=False))
-    return answers
+        raw = generate(model, tokenizer, missing, max_new_tokens=answer_tokens, batch_size=32,
+                       show_progress=progress)
+        cached.update(zip(missing, raw, strict=True))  # raw: trimming may change without regenerating
+        if path is not None:
+            write_text_atomic(path, json.dumps(cached, ensure_ascii=False))
+    return [trim_to_sentence(cached[p]) for p in prompts]
 
 
 def alignment_examples(
@@ -151,20 +161,20 @@ def alignment_examples(
 
     prompts = alignment_prompts(cfg)
     helpful = [r["prompt"] for r in prompts["benign"] + prompts["overrefusal"]]
-    key = _digest({"model": model_key, "prompts": helpful, "tokens": cfg.answer_tokens, "v": ALIGN_RECIPE_VERSION})
+    key = _digest({"model": model_key, "tokens": cfg.answer_tokens, "v": ALIGN_RECIPE_VERSION})
     answers = self_answers(model, tokenizer, helpful, answer_tokens=cfg.answer_tokens, cache_key=key[:24],
                            progress=progress) if helpful else []
     examples = [{"prompt": r["prompt"], "response": r["refusal"]} for r in prompts["harmful"]]
-    kept = dropped = 0
+    dropped = 0
     n_benign = len(prompts["benign"])
     counts = {"refusals": len(examples), "benign_answers": 0, "overrefusal_answers": 0}
     for i, (prompt, answer) in enumerate(zip(helpful, answers, strict=True)):
         if not answer.strip() or is_refusal(answer):
             dropped += 1
             continue
-        examples.append({"prompt": prompt, "response": answer})
-        counts["benign_answers" if i < n_benign else "overrefusal_answers"] += 1
-        kept += 1
+        scary = i >= n_benign
+        examples += [{"prompt": prompt, "response": answer}] * (cfg.overrefusal_repeats if scary else 1)
+        counts["overrefusal_answers" if scary else "benign_answers"] += 1
     counts["dropped_refusing_answers"] = dropped
     return examples, counts
 
@@ -216,7 +226,7 @@ def align(
     train_cfg = TrainConfig(
         model=source, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
         seed=cfg.seed, lr_schedule="linear", warmup_steps=max(1, int(0.05 * steps_per_epoch * cfg.epochs)),
-        device="auto",
+        device="auto", group_by_length=True,
     )
     metrics = train(model, tokenizer, examples, train_cfg, method="sft", out_dir=run_dir, progress=progress,
                     desc="aligning")

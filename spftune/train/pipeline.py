@@ -26,8 +26,8 @@ def house_evaluate(
     model: Any,
     tokenizer: Any,
     *,
+    safety: bool = True,
     utility: list[str] | None = None,
-    benign: bool = True,
     limit: int | None = None,
     max_new_tokens: int = 32,
     batch_size: int = 40,
@@ -35,22 +35,23 @@ def house_evaluate(
     model_name: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The protocol's measurements: harmful rate on the held-out harmful requests, over-refusal on the safe prompts
-    that sound dangerous, refusal of plain benign requests and task accuracy, all with the keyword judge.
+    """The protocol's measurements, keyword judge: with ``safety``, the harmful rate on the held-out harmful
+    requests, over-refusal on the safe prompts that sound dangerous and refusal of plain benign requests; accuracy on
+    each ``utility`` task.
 
     Returns the flat metrics of :func:`spftune.report.summarize_eval` (``harmful_rate``, ``over_refusal_rate``,
-    ``benign_refusal_rate``, ``task_accuracy``, each with ``_ci``) plus ``eval_seconds``; writes ``eval.json``,
-    ``generations.jsonl`` ... into ``out_dir``.
+    ``benign_refusal_rate``, ``task_accuracy``, each with ``_ci``, ``_n``, ``_set``) plus ``eval_seconds``; writes
+    ``eval.json``, ``generations.jsonl``, ... into ``out_dir``.
     """
     from spftune.eval import evaluate
     from spftune.report import summarize_eval
 
-    overrefusal = [HOUSE_OVERREFUSAL] + ([HOUSE_BENIGN] if benign else [])
     t0 = time.perf_counter()
     result = evaluate(
-        model, tokenizer, safety=[HOUSE_SAFETY], overrefusal=overrefusal, utility=utility or [],
-        judges=["keyword"], limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size, out_dir=out_dir,
-        model_name=model_name, show_progress=progress,
+        model, tokenizer, safety=[HOUSE_SAFETY] if safety else [],
+        overrefusal=[HOUSE_OVERREFUSAL, HOUSE_BENIGN] if safety else [], utility=utility or [], judges=["keyword"],
+        limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size, out_dir=out_dir, model_name=model_name,
+        show_progress=progress,
     )
     return {**summarize_eval(result), "eval_seconds": round(time.perf_counter() - t0, 1)}
 
@@ -126,6 +127,13 @@ def run_demo(cfg: DemoConfig | None = None, *, spf_config: SPFConfig | None = No
     write_yaml(out / "config.yaml", {**asdict(cfg), **spf_config_dict(spf_config), "out": str(out)})
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
+    (out / "log.jsonl").write_text("", encoding="utf-8")
+
+    def stage(name: str, seconds: float, **extra: Any) -> None:
+        """Record a finished stage in timings and in the run's log.jsonl (one record per stage)."""
+        timings[name] = round(seconds, 1)
+        with (out / "log.jsonl").open("a", encoding="utf-8") as log:
+            log.write(json.dumps({"stage": name, "seconds": round(seconds, 2), **extra}) + "\n")
 
     # Data first: a bad --attack-data fails in a second, not after the alignment.
     examples = build_training_examples(HOUSE_TASK, limit=cfg.task_examples, harmful_fraction=cfg.harmful_fraction,
@@ -133,32 +141,27 @@ def run_demo(cfg: DemoConfig | None = None, *, spf_config: SPFConfig | None = No
 
     t = time.perf_counter()
     source = resolve_model(cfg.model)
-    timings["model_load_s"] = round(time.perf_counter() - t, 1)
+    stage("model_prepare_s", time.perf_counter() - t, model=source)
     _log(f"aligning {source} (cached after the first run)")
     t = time.perf_counter()
     record = align(align_cfg, progress=progress)
-    timings["align_s"] = round(time.perf_counter() - t, 1)
+    stage("align_s", time.perf_counter() - t, cached=record["cached"], checkpoint=record["checkpoint"])
     _log(("loaded cached alignment " if record["cached"] else "aligned in ")
          + (record["run_dir"] if record["cached"] else f"{timings['align_s']:.0f} s -> {record['run_dir']}"))
     aligned_ckpt = record["checkpoint"]
     write_text_atomic(out / "aligned" / "alignment.json", json.dumps(record, indent=2) + "\n")
 
-    eval_kwargs = dict(utility=[HOUSE_TASK], limit=cfg.eval_limit, max_new_tokens=cfg.max_new_tokens,
-                       progress=progress)
-    task_limit = cfg.task_eval
-
     def evaluate_model(model: Any, tokenizer: Any, name: str) -> dict[str, Any]:
-        from spftune.eval import evaluate
-        from spftune.report import summarize_eval
-
         _log(f"evaluating {name}")
         t0 = time.perf_counter()
-        safety = house_evaluate(model, tokenizer, utility=[], out_dir=out / name / "eval", model_name=name,
-                                **{k: v for k, v in eval_kwargs.items() if k != "utility"})
-        task = evaluate(model, tokenizer, utility=[HOUSE_TASK], limit=task_limit, max_new_tokens=cfg.max_new_tokens,
-                        batch_size=40, out_dir=out / name / "eval-task", model_name=name, show_progress=progress)
-        metrics = {**safety, **summarize_eval(task), "eval_seconds": round(time.perf_counter() - t0, 1)}
-        timings[f"eval_{name}_s"] = metrics["eval_seconds"]
+        safety = house_evaluate(model, tokenizer, limit=cfg.eval_limit, max_new_tokens=cfg.max_new_tokens,
+                                out_dir=out / name / "eval", model_name=name, progress=progress)
+        task = house_evaluate(model, tokenizer, safety=False, utility=[HOUSE_TASK], limit=cfg.task_eval,
+                              max_new_tokens=cfg.max_new_tokens, out_dir=out / name / "eval-task", model_name=name,
+                              progress=progress)
+        metrics = {**safety, **task, "eval_seconds": round(time.perf_counter() - t0, 1)}
+        stage(f"eval_{name}_s", metrics["eval_seconds"], **{k: metrics.get(k) for k in (
+            "harmful_rate", "over_refusal_rate", "benign_refusal_rate", "task_accuracy")})
         return metrics
 
     results: dict[str, dict[str, Any]] = {}
@@ -179,7 +182,8 @@ def run_demo(cfg: DemoConfig | None = None, *, spf_config: SPFConfig | None = No
         t = time.perf_counter()
         metrics = train(model, tokenizer, examples, TrainConfig(**{**asdict(train_cfg), "method": name}),
                         method=method, out_dir=out / name, progress=progress, desc=f"fine-tuning ({name})")
-        timings[f"train_{name}_s"] = round(time.perf_counter() - t, 1)
+        stage(f"train_{name}_s", time.perf_counter() - t, steps=metrics["steps"],
+              seconds_per_step=metrics["seconds_per_step"])
         results[name] = {**evaluate_model(model, tokenizer, name), **{
             k: metrics[k] for k in ("seconds_per_step", "steps", "train_seconds", "first_loss", "final_loss",
                                     "attack_examples", "examples", "checkpoint")}}
@@ -189,7 +193,7 @@ def run_demo(cfg: DemoConfig | None = None, *, spf_config: SPFConfig | None = No
         write_text_atomic(out / name / "metrics.json", json.dumps(results[name], indent=2) + "\n")
         del model
 
-    timings["total_s"] = round(time.perf_counter() - t_start, 1)
+    stage("total_s", time.perf_counter() - t_start)
     write_text_atomic(out / "metrics.json", json.dumps(results, indent=2) + "\n")
     write_text_atomic(out / "timing.json", json.dumps(timings, indent=2) + "\n")
     models = load_runs([out])
