@@ -20,6 +20,19 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
                         help="Show progress bars (default: on).")
 
 
+def section_arguments(*sections: Any):
+    """The ``arguments(parser)`` of a command made of ``--config``, ``--progress`` and its option sections."""
+    from spftune.cli.options import add_section
+
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_flag(parser)
+        add_progress_flag(parser)
+        for section in sections:
+            add_section(parser, section)
+
+    return arguments
+
+
 def model_source(name: str | None) -> str | None:
     """``--model`` as given, or the ``checkpoint`` folder inside a spftune run directory."""
     if name is None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from spftune.cli.commands._common import add_config_flag, add_progress_flag
-from spftune.cli.options import Section, add_section, build, read_safety_examples, resolve
+from spftune.cli.commands._common import section_arguments
+from spftune.cli.options import Section, build, read_safety_examples, resolve
 from spftune.cli.registry import register_command
 from spftune.core.config import SPFConfig
 from spftune.train.pipeline import DemoConfig
@@ -16,11 +16,7 @@ SECTIONS = (
 )
 
 
-def arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_flag(parser)
-    add_progress_flag(parser)
-    for section in SECTIONS:
-        add_section(parser, section)
+arguments = section_arguments(*SECTIONS)
 
 
 @register_command(

@@ -7,14 +7,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from spftune.cli.commands._common import (
-    add_config_flag,
-    add_progress_flag,
     default_out,
     load_model,
     model_source,
+    section_arguments,
     write_json,
 )
-from spftune.cli.options import Section, add_section, build, resolve
+from spftune.cli.options import Section, build, resolve
 from spftune.cli.registry import register_command
 
 
@@ -39,11 +38,7 @@ class EvalConfig:
 SECTIONS = (Section(EvalConfig, title="evaluation"),)
 
 
-def arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_flag(parser)
-    add_progress_flag(parser)
-    for section in SECTIONS:
-        add_section(parser, section)
+arguments = section_arguments(*SECTIONS)
 
 
 @register_command(

@@ -7,14 +7,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from spftune.cli.commands._common import (
-    add_config_flag,
-    add_progress_flag,
     default_out,
     load_model,
     model_source,
+    section_arguments,
     write_json,
 )
-from spftune.cli.options import Section, add_section, build, read_safety_examples, resolve
+from spftune.cli.options import Section, build, read_safety_examples, resolve
 from spftune.cli.registry import register_command
 from spftune.core.config import SPFConfig
 from spftune.train.config import TrainConfig, parse_method_options
@@ -38,11 +37,7 @@ SECTIONS = (
 )
 
 
-def arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_flag(parser)
-    add_progress_flag(parser)
-    for section in SECTIONS:
-        add_section(parser, section)
+arguments = section_arguments(*SECTIONS)
 
 
 @register_command(
