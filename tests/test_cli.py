@@ -140,6 +140,23 @@ def test_unknown_method_and_spf_option(capsys, data_file):
 def test_unknown_eval_set(capsys, tiny_model_dir):
     code, _, err = run_cli(capsys, "eval", "--model", tiny_model_dir, "--safety", "advbenc")
     assert_user_error(code, err, "advbenc")
+    # comma-separated lists are split: the typo is found inside one
+    code, _, err = run_cli(capsys, "eval", "--model", tiny_model_dir, "--safety", "advbench,stl-con")
+    assert_user_error(code, err, "'stl-con'", "did you mean")
+
+
+def test_eval_list_shows_every_registered_set_task_and_judge(capsys):
+    from spftune.eval.judges import list_judges
+    from spftune.eval.tasks import list_tasks
+
+    code, stdout, err = run_cli(capsys, "eval", "--list")
+    assert code == 0, err
+    lines = stdout.splitlines()
+    for task in list_tasks():
+        assert any(line.split()[:1] == [task.name] for line in lines), task.name
+    for judge in list_judges():
+        assert any(line.split()[:1] == [judge] for line in lines), judge
+    assert "file:PATH" in stdout and "advbench" in stdout and "keyword" in stdout
 
 
 def test_finetune_end_to_end_with_yaml_and_flag_override(capsys, tmp_path, tiny_model_dir, data_file):
@@ -181,10 +198,12 @@ def test_model_without_chat_template_uses_the_plain_template(capsys, tmp_path, p
 def test_eval_and_report_on_a_tiny_model(capsys, tmp_path, tiny_model_dir):
     prompts = tmp_path / "harm.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"request {i}"}) for i in range(3)) + "\n")
+    more = tmp_path / "harm2.jsonl"
+    more.write_text(json.dumps({"prompt": "another request"}) + "\n")
     safe = tmp_path / "safe.jsonl"
     safe.write_text("\n".join(json.dumps({"prompt": f"question {i}"}) for i in range(2)) + "\n")
     out = tmp_path / "eval"
-    code, stdout, err = run_cli(capsys, "eval", "--model", tiny_model_dir, "--safety", f"file:{prompts}",
+    code, stdout, err = run_cli(capsys, "eval", "--model", tiny_model_dir, "--safety", f"file:{prompts},file:{more}",
                                 "--overrefusal", f"file:{safe}", "--max-new-tokens", "4", "--out", out,
                                 "--no-progress")
     assert code == 0, err

@@ -14,6 +14,7 @@ from tiny_models import FAMILIES, make_model, make_tokenizer, random_grads_
 from spftune.core import SPFConfig, SPFFilter
 from spftune.core.basis import fit_basis
 from spftune.core.capture import capture_gradients
+from spftune.core.chat import response_loss
 from spftune.core.targets import as_matrix, select_parameters
 
 CASES = [(f, lora) for f in FAMILIES for lora in (False, True)] + [("llama-tied", False)]
@@ -74,6 +75,34 @@ def test_factored_safety_gradient_equals_autograd(family, lora, tokenizer):
     assert n_factored > 0  # Linear layers (LoRA A/B included) go through the factored path
     for name in spf.params:
         assert rel_err(fac[name].materialize(), ref[name].materialize()) <= 1e-5, name
+    # Both paths pass logits_to_keep (the head runs on the refusal positions only); an independent full-logits
+    # loss and backward must give the same loss and gradients.
+    batch = spf._batch()
+    model.eval()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert logits.shape[1] == batch["input_ids"].shape[1]
+    loss = response_loss(logits, batch["labels"])
+    full = torch.autograd.grad(loss, list(spf.params.values()), allow_unused=True)
+    assert float(loss) == pytest.approx(loss_f, rel=1e-5)
+    for (name, p), g in zip(spf.params.items(), full, strict=True):
+        g = torch.zeros_like(p) if g is None else g
+        assert rel_err(fac[name].materialize(), as_matrix(g)) <= 1e-5, name
+
+
+def test_safety_forward_keeps_only_the_logits_it_needs(tokenizer):
+    model = make_model("llama")
+    spf = SPFFilter(model, tokenizer)
+    seen = {}
+
+    def rows(module, inputs, output):
+        seen["rows"] = inputs[0].shape[1]
+
+    handle = model.lm_head.register_forward_hook(rows)
+    capture_gradients(model, spf._batch(), spf.params)
+    handle.remove()
+    labels = spf._batch()["labels"][0]
+    first = int((labels != -100).nonzero()[0])
+    assert seen["rows"] == labels.shape[0] - first + 1 < labels.shape[0]
 
 
 @pytest.mark.parametrize("gate", ["always", "global", "per_tensor"])

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from spftune.core.chat import response_loss
+from spftune.core.chat import loss_window, response_loss
 from spftune.core.targets import as_matrix
 
 
@@ -125,17 +125,49 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
             m.gradient_checkpointing = True
 
 
+def forward_accepts(model: nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` (or the model a ``**kwargs`` wrapper such as PEFT's forwards to) names ``name``."""
+    return name in _forward_params(model)[0]
+
+
+def _forward_params(model: nn.Module) -> tuple[set[str], bool]:
+    """Named parameters of ``model.forward`` and whether it takes ``**kwargs``.
+
+    A wrapper that forwards ``**kwargs`` (PEFT's ``PeftModel``) is looked through to the model it wraps, so that an
+    argument the inner model does not know is never passed.
+    """
+    seen = 0
+    while True:
+        try:
+            params = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            return set(), False
+        names = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        takes_any = len(names) < len(params)
+        inner = getattr(model, "get_base_model", None)
+        if not takes_any or not callable(inner) or seen > 4:
+            return names, takes_any
+        inner_model = inner()
+        if inner_model is model:
+            return names, takes_any
+        model, seen = inner_model, seen + 1
+
+
 def _forward_kwargs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict:
+    """Arguments of the safety forward.
+
+    When the model takes ``logits_to_keep`` (every causal LM of recent transformers) only the positions from the one
+    before the first labelled token onward go through the output head: the prompt positions carry no loss, and on
+    a (T, d) x (d, V) head with V ~ 50k that product is a visible part of the safety pass.
+    """
+    names, takes_any = _forward_params(model)
     kwargs = {"input_ids": batch["input_ids"]}
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if "attention_mask" in batch and ("attention_mask" in params or takes_any):
+    if "attention_mask" in batch and ("attention_mask" in names or takes_any):
         kwargs["attention_mask"] = batch["attention_mask"]
-    if "use_cache" in params or takes_any:
+    if "use_cache" in names or takes_any:
         kwargs["use_cache"] = False  # no KV cache is needed for one training-style pass
+    if "logits_to_keep" in names and loss_window(batch["labels"]):
+        kwargs["logits_to_keep"] = loss_window(batch["labels"])
     return kwargs
 
 

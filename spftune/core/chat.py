@@ -113,11 +113,26 @@ def pad_token_id(tokenizer: Any) -> int:
     return 0
 
 
+def loss_window(labels: torch.Tensor) -> int:
+    """How many final positions of a (B, T) batch the response loss needs logits for (0: all of them).
+
+    The logit at position t predicts token t + 1, so the window starts one position before the earliest labelled
+    token of the batch. Passing it as ``logits_to_keep`` lets a causal LM skip the (T, d) x (d, V) output head on
+    prompt positions, which carry no loss.
+    """
+    labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    if not labelled.numel() or int(labelled[0]) == 0:
+        return 0
+    return labels.shape[1] - int(labelled[0]) + 1
+
+
 def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled positions.
 
-    logits: (B, T, V); labels: (B, T) with ``IGNORE_INDEX`` where no loss is taken. Computed in float32.
+    logits: (B, T', V) for the last T' <= T positions (see :func:`loss_window`); labels: (B, T) with
+    ``IGNORE_INDEX`` where no loss is taken. Computed in float32.
     """
+    labels = labels[:, labels.shape[1] - logits.shape[1]:]
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
     return torch.nn.functional.cross_entropy(

@@ -49,6 +49,7 @@ class AlignConfig:
     batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step."})
     max_length: int = field(default=128, metadata={"help": "Token limit of one alignment example."})
     seed: int = field(default=0, metadata={"help": "Seed of data order and subsets."})
+    bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast where the device computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX); weights and AdamW state stay float32. Elsewhere float32."})
     force: bool = field(default=False, metadata={"help": "Re-align even if a cached checkpoint for this recipe exists."})
 
     def __post_init__(self) -> None:
@@ -179,6 +180,12 @@ def alignment_examples(
     return examples, counts
 
 
+def _use_bf16(cfg: AlignConfig) -> bool:
+    from spftune.train.loop import fast_bf16, resolve_device
+
+    return cfg.bf16 and fast_bf16(resolve_device("auto"))
+
+
 def aligned_dir(cfg: AlignConfig, model_source: str) -> Path:
     """Where the aligned run of this recipe lives: ``cfg.out`` or the cache path keyed by the recipe hash."""
     if cfg.out:
@@ -187,8 +194,10 @@ def aligned_dir(cfg: AlignConfig, model_source: str) -> Path:
     from spftune.models import spftune_home
 
     data = {kind: load_prompts(kind, "train") for kind in ("harmful", "benign", "overrefusal")}
-    key = _digest({"recipe": cfg.recipe(), "model": model_identity(model_source), "data": _digest(data),
-                   "v": ALIGN_RECIPE_VERSION})
+    # bf16 is keyed by whether it is used here, not by the flag: the same recipe gives different weights on
+    # hardware with and without native bf16.
+    key = _digest({"recipe": {**cfg.recipe(), "bf16": _use_bf16(cfg)}, "model": model_identity(model_source),
+                   "data": _digest(data), "v": ALIGN_RECIPE_VERSION})
     return spftune_home() / "aligned" / key[:16]
 
 
@@ -226,7 +235,7 @@ def align(
     train_cfg = TrainConfig(
         model=source, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
         seed=cfg.seed, lr_schedule="linear", warmup_steps=max(1, int(0.05 * steps_per_epoch * cfg.epochs)),
-        device="auto", group_by_length=True,
+        device="auto", group_by_length=True, bf16=_use_bf16(cfg),
     )
     metrics = train(model, tokenizer, examples, train_cfg, method="sft", out_dir=run_dir, progress=progress,
                     desc="aligning")

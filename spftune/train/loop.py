@@ -26,12 +26,33 @@ from spftune.core.chat import (
     collate,
     encode_example,
     has_chat_template,
+    loss_window,
     pad_token_id,
     response_loss,
 )
+from spftune.core.capture import forward_accepts
 from spftune.core.config import SPFConfig
 from spftune.train.config import TrainConfig, parse_method_options
 from spftune.train.methods import make_method
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast is likely faster than float32 on ``device``.
+
+    CUDA: when the GPU supports bf16. CPU: when it has native bf16 dot products (AVX512-BF16 or AMX); elsewhere
+    oneDNN emulates bf16 and autocast is slower than float32. Measured on the 2-core CI machine (AVX512-BF16):
+    one training step of SmolLM2-135M, 16 x 100 tokens, 8.7 s float32 vs 5.2 s bf16 autocast.
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_device(name: str) -> torch.device:
@@ -218,6 +239,8 @@ def train(
     log_file = (out / "log.jsonl").open("w", encoding="utf-8") if out is not None else None
     records: list[dict[str, Any]] = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    # Run the output head only on the positions the loss reads (prompt positions carry no loss).
+    head_window = forward_accepts(trained, "logits_to_keep")
     trained.train()
     bar = tqdm(range(total), desc=desc or f"fine-tuning ({method_name})", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
@@ -232,8 +255,10 @@ def train(
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 weight = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) / max(1, n_tokens)
+                keep = {"logits_to_keep": loss_window(batch["labels"])} if head_window else {}
                 with autocast:
-                    logits = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    logits = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     **keep).logits
                 loss = response_loss(logits, batch["labels"]) * weight
                 loss.backward()
                 loss_sum += float(loss.detach())

@@ -80,6 +80,7 @@ class DemoConfig:
     max_new_tokens: int = field(default=32, metadata={"help": "Tokens generated per evaluation prompt."})
     seed: int = field(default=0, metadata={"help": "Seed of data, mixing and order."})
     realign: bool = field(default=False, metadata={"help": "Re-run the alignment even if it is cached."})
+    bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast for alignment and fine-tuning where the device computes bf16 natively (weights and AdamW state stay float32); elsewhere float32."})
 
     def __post_init__(self) -> None:
         TrainConfig(harmful_fraction=self.harmful_fraction)  # the same range check as finetune
@@ -110,7 +111,7 @@ def run_demo(cfg: DemoConfig | None = None, *, spf_config: SPFConfig | None = No
     from spftune.report import console_table, load_runs, write_report
     from spftune.train.align import AlignConfig, align, quick_align_config
     from spftune.train.dataset import build_training_examples
-    from spftune.train.loop import train, write_yaml
+    from spftune.train.loop import fast_bf16, resolve_device, train, write_yaml
     from spftune.train.methods import make_method
 
     cfg = cfg if cfg is not None else DemoConfig()
@@ -120,8 +121,8 @@ def run_demo(cfg: DemoConfig | None = None, *, spf_config: SPFConfig | None = No
     methods = [make_method(m, spf_config=spf_config) for m in cfg.methods]  # fail on a typo before any work
     out = Path(cfg.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    align_cfg = quick_align_config(model=cfg.model, force=cfg.realign) if cfg.quick else AlignConfig(
-        model=cfg.model, force=cfg.realign)
+    align_cfg = quick_align_config(model=cfg.model, force=cfg.realign, bf16=cfg.bf16) if cfg.quick else AlignConfig(
+        model=cfg.model, force=cfg.realign, bf16=cfg.bf16)
     from spftune.train.loop import spf_config_dict
 
     write_yaml(out / "config.yaml", {**asdict(cfg), **spf_config_dict(spf_config), "out": str(out)})
@@ -173,6 +174,7 @@ def run_demo(cfg: DemoConfig | None = None, *, spf_config: SPFConfig | None = No
         model=aligned_ckpt, data=HOUSE_TASK, limit=cfg.task_examples, harmful_fraction=cfg.harmful_fraction,
         attack_data=cfg.attack_data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=128,
         seed=cfg.seed, lr_schedule="constant" if cfg.quick else "linear",
+        bf16=cfg.bf16 and fast_bf16(resolve_device("auto")),
     )
     for method in methods:
         name = method.name

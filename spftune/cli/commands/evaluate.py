@@ -38,7 +38,42 @@ class EvalConfig:
 SECTIONS = (Section(EvalConfig, title="evaluation"),)
 
 
-arguments = section_arguments(*SECTIONS)
+_section_arguments = section_arguments(*SECTIONS)
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    _section_arguments(parser)
+    parser.add_argument("--list", dest="_list", action="store_true",
+                        help="List the registered prompt sets, utility tasks and judges, then exit.")
+
+
+def _split_commas(names: list[str]) -> list[str]:
+    """``--safety advbench,file:x.jsonl`` and ``--safety advbench file:x.jsonl`` mean the same."""
+    return [n.strip() for value in names for n in str(value).split(",") if n.strip()]
+
+
+def listing() -> str:
+    """What ``spftune eval --list`` prints: every registered set, task and judge with its one-line description."""
+    from spftune.eval.judges import JUDGES
+    from spftune.eval.tasks import list_tasks, task_prefixes
+
+    lines = []
+    titles = {"safety": "safety prompt sets (--safety)", "overrefusal": "over-refusal prompt sets (--overrefusal)",
+              "utility": "utility tasks (--utility)"}
+    for kind, title in titles.items():
+        lines.append(f"{title}:")
+        for task in list_tasks(kind):
+            lines.append(f"  {task.name:<28} {task.description}")
+    prefixes = {"file": "a user prompt file (JSONL/CSV with a prompt column) for --safety or --overrefusal",
+                "jsonl": "a user utility file (JSONL with prompt and reference answer) for --utility"}
+    lines.append("user files:")
+    for prefix in task_prefixes():
+        lines.append(f"  {prefix + ':PATH':<28} {prefixes.get(prefix, 'registered by a plugin')}")
+    lines.append("judges (--judge):")
+    for name in JUDGES.names():
+        doc = (JUDGES.get(name).__doc__ or "").strip().split("\n")[0]
+        lines.append(f"  {name:<28} {doc}")
+    return "\n".join(lines)
 
 
 @register_command(
@@ -52,7 +87,12 @@ def run(args: argparse.Namespace) -> int:
     from spftune.report import console_table, summarize_eval
     from spftune.train.loop import write_yaml
 
+    if getattr(args, "_list", False):
+        print(listing())
+        return 0
     cfg = build(SECTIONS[0], resolve(args, SECTIONS))
+    cfg.safety, cfg.overrefusal, cfg.utility, cfg.judge = (
+        _split_commas(cfg.safety), _split_commas(cfg.overrefusal), _split_commas(cfg.utility), _split_commas(cfg.judge))
     for kind, names in (("safety", cfg.safety), ("overrefusal", cfg.overrefusal), ("utility", cfg.utility)):
         for name in names:
             get_task(name, kind)  # a typo fails now, before the model loads
