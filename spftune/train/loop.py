@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from spftune.core.capture import forward_accepts
 from spftune.core.chat import (
     IGNORE_INDEX,
     collate,
@@ -30,7 +31,6 @@ from spftune.core.chat import (
     pad_token_id,
     response_loss,
 )
-from spftune.core.capture import forward_accepts
 from spftune.core.config import SPFConfig
 from spftune.train.config import TrainConfig, parse_method_options
 from spftune.train.methods import make_method
