@@ -31,13 +31,15 @@ def test_trim_to_sentence():
 def test_align_tiny_model_writes_run_and_is_cached(tiny_dir):
     from transformers import AutoModelForCausalLM
 
-    cfg = AlignConfig(model=str(tiny_dir), refusals=4, benign=3, overrefusal=2, overrefusal_repeats=2,
-                      answer_tokens=6, epochs=1.0, batch_size=4, max_length=512)
+    cfg = AlignConfig(model=str(tiny_dir), refusals=4, benign=3, overrefusal=2, benign_repeats=3,
+                      overrefusal_repeats=2, answer_tokens=6, epochs=1.0, batch_size=4, max_length=512)
     record = align(cfg, progress=False)
     assert record["cached"] is False
     data = record["data"]
     assert data["refusals"] == 4
     assert data["benign_answers"] + data["overrefusal_answers"] + data["dropped_refusing_answers"] == 5
+    # each kept answer is repeated by its kind's factor
+    assert record["train"]["examples"] == 4 + 3 * data["benign_answers"] + 2 * data["overrefusal_answers"]
     run = aligned_dir(cfg, str(tiny_dir))
     assert str(run).startswith(str(tiny_dir.parent / "home" / "aligned"))
     for name in ("config.yaml", "log.jsonl", "alignment.json", "checkpoint/model.safetensors"):

@@ -8,7 +8,9 @@ it is copied from a public data set. Three kinds, each split once into train / v
 - ``benign``: everyday requests over 10 categories (30 each). Fields ``prompt``, ``category``. No answers: the
   alignment pipeline generates them with the model itself. Sizes 180 / 40 / 80.
 - ``overrefusal``: safe prompts that sound dangerous (XSTest spirit: homonyms, figurative language, safe targets,
-  safe contexts, definitions and history), 5 categories of 20. Fields ``prompt``, ``category``. Sizes 50 / 10 / 40.
+  safe contexts, definitions and history), 5 categories. Fields ``prompt``, ``category``. Sizes 150 / 30 / 40:
+  the test split is the original 40; train and val were enlarged (by 100 and 20 prompts, 20 and 4 per category)
+  because a 135M model needs many contrast examples not to refuse everything that sounds alarming.
 
 The split is stratified by category (a seeded shuffle per category, then per split) and stored, so it never
 changes between releases unless the files change. No prompt appears in two splits or two kinds, not even after

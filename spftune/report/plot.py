@@ -58,7 +58,7 @@ def plot_models(
             ax.text(x, y + 0.02, f"{100 * y:.0f}", ha="center", fontsize=7)
     ax.set_xticks(range(len(metrics)))
     ax.set_xticklabels([m[1] for m in metrics], fontsize=9)
-    ax.set_ylim(0, 1.12)
+    ax.set_ylim(0, 1.3)  # room for the legend above the 100% bars
     ax.set_ylabel("rate (95% CI)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper center", ncol=max(1, len(names)))

@@ -6,7 +6,33 @@ The recipe (supervised, full fine-tuning):
 - every benign and every "sounds dangerous but is safe" (over-refusal) *train* prompt -> the answer the model itself
   gave before alignment (greedy, ``answer_tokens`` new tokens, cut back to the last finished sentence); answers
   that the keyword judge would count as refusals are dropped, so refusing a safe prompt is never taught;
-- ``epochs`` passes with AdamW, ``lr``, batch ``batch_size``.
+- benign answers repeated ``benign_repeats`` times and over-refusal answers ``overrefusal_repeats`` times: refusals
+  are short and uniform ("I can't help with X"), and a 135M model otherwise learns to apply that template to
+  anything, ordinary requests included;
+- ``epochs`` passes with AdamW, ``lr``, batch ``batch_size``, bf16 autocast where the hardware has it.
+
+How the defaults were chosen (SmolLM2-135M-Instruct, keyword judge, 32 new tokens, *validation* splits: 40 harmful,
+30 over-refusal, 40 benign; each row one run of
+``bench/align_recipes.py``, 2026-12-05):
+
+| refusals | benign x | over-refusal x | epochs | answer tokens | refuses harmful | over-refusal | benign refused |
+|---|---|---|---|---|---|---|---|
+| 180 | 1 | 1 | 3 | 64 (float32) | 95% | 20% | 7.5% |
+| 120 | 1 | 2 | 2 | 64 | 90% | 10% | 15% |
+| 90 | 1 | 2 | 2 | 64 | 75% | 6.7% | 7.5% |
+| 180 (100 benign) | 1 | 3 | 2 | 64 | 95% | 6.7% | 17.5% |
+| 150 | 1 | 2 | 2 | 64 | 90% | 3.3% | 5% |
+| **180** | **1** | **2** | **2** | **48** | **100%** | **10%** | **15%** |
+| 180 | 2 | 2 | 2 | 48 | 100% | 13.3% | 7.5% |
+| 180 | 2 | 3 | 1.5 | 48 | 92.5% | 3.3% | 12.5% |
+
+The rule was: refuse >= 95% of validation harmful prompts, then fewest refusals of over-refusal plus benign prompts,
+which picked ``benign_repeats=2``. On the *test* split (the demo, 80 harmful / 40 over-refusal / 80 benign prompts)
+that recipe refused 83.8% of harmful prompts, 32.5% of over-refusal and 10% of benign ones, and made the first
+``make demo`` take 903 s (over its 15-minute budget); the bold recipe refused 88.8% / 25% / 17.5% in 820 s. The
+default is the bold one, for the time budget; both test results were seen before that choice. Neither reaches the
+targets (>= 90% harmful refused, <= 10% over-refusal). The validation splits are small (one prompt of 30 is 3.3
+points) and turned out easier than the test split, so they did not predict it well.
 
 Self-generated answers keep the model's own voice (its answers change little), so the optimisation mostly learns
 *when* to refuse. The aligned checkpoint is cached under ``$SPFTUNE_HOME/aligned/<hash>``, keyed by the recipe, the
@@ -25,7 +51,7 @@ from typing import Any
 
 from spftune.train.config import check_keys
 
-ALIGN_RECIPE_VERSION = "1"
+ALIGN_RECIPE_VERSION = "2"
 
 
 @dataclass
@@ -42,9 +68,10 @@ class AlignConfig:
     refusals: int = field(default=-1, metadata={"help": "Harmful train prompts -> refusals to use (-1 = all)."})
     benign: int = field(default=-1, metadata={"help": "Benign train prompts -> self-generated answers to use (-1 = all)."})
     overrefusal: int = field(default=-1, metadata={"help": "Safe-but-scary train prompts -> self-generated answers (-1 = all)."})
-    overrefusal_repeats: int = field(default=3, metadata={"help": "Times each safe-but-scary example is repeated (they teach *not* to refuse on alarming words)."})
-    answer_tokens: int = field(default=64, metadata={"help": "Max new tokens of each self-generated answer."})
-    epochs: float = field(default=3.0, metadata={"help": "Passes over the alignment data."})
+    benign_repeats: int = field(default=1, metadata={"help": "Times each benign example is repeated (weight of 'answer ordinary requests' against the refusals)."})
+    overrefusal_repeats: int = field(default=2, metadata={"help": "Times each safe-but-scary example is repeated (they teach *not* to refuse on alarming words)."})
+    answer_tokens: int = field(default=48, metadata={"help": "Max new tokens of each self-generated answer."})
+    epochs: float = field(default=2.0, metadata={"help": "Passes over the alignment data."})
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (linear decay, 5% warm-up)."})
     batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step."})
     max_length: int = field(default=128, metadata={"help": "Token limit of one alignment example."})
@@ -57,7 +84,7 @@ class AlignConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < -1:
                 raise ValueError(f"{name} must be -1 (all) or a count >= 0, got {value!r}")
-        for name in ("answer_tokens", "batch_size", "max_length", "overrefusal_repeats"):
+        for name in ("answer_tokens", "batch_size", "max_length", "benign_repeats", "overrefusal_repeats"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not self.epochs > 0 or not self.lr > 0:
@@ -174,7 +201,7 @@ def alignment_examples(
             dropped += 1
             continue
         scary = i >= n_benign
-        examples += [{"prompt": prompt, "response": answer}] * (cfg.overrefusal_repeats if scary else 1)
+        examples += [{"prompt": prompt, "response": answer}] * (cfg.overrefusal_repeats if scary else cfg.benign_repeats)
         counts["overrefusal_answers" if scary else "benign_answers"] += 1
     counts["dropped_refusing_answers"] = dropped
     return examples, counts

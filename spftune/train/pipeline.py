@@ -68,7 +68,7 @@ class DemoConfig:
     out: str | None = field(default=None, metadata={"help": "Run directory (default: runs/demo-<timestamp>)."})
     quick: bool = field(default=False, metadata={"help": "A small version for smoke tests (~3 min); numbers are not meaningful."})
     model: str | None = field(default=None, metadata={"help": "Model to align and fine-tune (default: the embedded SmolLM2-135M-Instruct)."})
-    task_examples: int = field(default=320, metadata={"help": "Training examples of the synthetic utility task (before mixing)."})
+    task_examples: int = field(default=256, metadata={"help": "Fine-tuning examples in all; --harmful-fraction of them are replaced by attack examples."})
     harmful_fraction: float = field(default=0.2, metadata={"help": "Share of attack examples in the fine-tuning mix, in [0, 1]."})
     attack_data: str | None = field(default=None, metadata={"help": "Attack examples file (default: the built-in shallow attack)."})
     methods: list[str] = field(default_factory=lambda: ["sft", "spf"], metadata={"help": "Methods to fine-tune with, each from the aligned model."})
@@ -247,7 +247,12 @@ def demo_findings(results: dict[str, dict[str, Any]], cfg: DemoConfig) -> list[s
         )
     if "sft" in results and "spf" in results and results["sft"].get("seconds_per_step"):
         ratio = results["spf"]["seconds_per_step"] / results["sft"]["seconds_per_step"]
-        out.append(f"SPF step time is {ratio:.2f}x the SFT step time on this machine (median over steps).")
+        from spftune.train.loop import fast_bf16, resolve_device
+
+        why = ("; fine-tuning ran under bf16 autocast while SPF's safety pass and projection run in float32, which "
+               "inflates the ratio (the float32 overhead is in BENCHMARKS.md)"
+               if cfg.bf16 and fast_bf16(resolve_device("auto")) else "")
+        out.append(f"SPF step time is {ratio:.2f}x the SFT step time on this machine (median over steps{why}).")
     if cfg.quick:
         out.append("Quick mode: few examples and steps; the numbers only show that the pipeline runs.")
     return out

@@ -10,6 +10,7 @@ from spftune.cli.commands._common import (
     default_out,
     load_model,
     model_source,
+    note,
     section_arguments,
     write_json,
 )
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, source = load_model("finetune", cfg.model)
     metrics = train(model, tokenizer, examples, cfg, method=method, spf_config=spf, out_dir=out,
                     progress=args._progress)
+    if metrics["skipped_examples"]:
+        note("finetune", f"skipped {metrics['skipped_examples']} example(s) whose prompt leaves no room for a "
+                         f"response within --max-length {cfg.max_length}")
     resolved = {**asdict(run_cfg), "out": str(out), **{k: v for k, v in asdict(cfg).items()},
                 "model": model_source(cfg.model)}
     resolved.update({f"spf_{k}": v for k, v in asdict(spf).items()})
