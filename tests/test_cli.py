@@ -185,6 +185,17 @@ def test_finetune_end_to_end_with_yaml_and_flag_override(capsys, tmp_path, tiny_
     assert code == 0, err
 
 
+def test_finetune_notes_examples_skipped_for_length(capsys, tmp_path, tiny_model_dir):
+    data = tmp_path / "long.jsonl"
+    rows = [{"prompt": "short", "response": "ok"}, {"prompt": "a very long prompt " * 40, "response": "ok"}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code, _, err = run_cli(capsys, "finetune", "--data", data, "--model", tiny_model_dir, "--max-steps", "1",
+                           "--max-length", "64", "--device", "cpu", "--out", tmp_path / "run", "--no-progress")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "skipped 1 example(s)" in notes[0] and "--max-length 64" in notes[0]
+
+
 def test_model_without_chat_template_uses_the_plain_template(capsys, tmp_path, plain_model_dir, data_file):
     out = tmp_path / "run"
     code, _, err = run_cli(capsys, "finetune", "--data", data_file, "--model", plain_model_dir, "--max-steps", "1",

@@ -249,10 +249,10 @@ def demo_findings(results: dict[str, dict[str, Any]], cfg: DemoConfig) -> list[s
         ratio = results["spf"]["seconds_per_step"] / results["sft"]["seconds_per_step"]
         from spftune.train.loop import fast_bf16, resolve_device
 
-        why = ("; fine-tuning ran under bf16 autocast while SPF's safety pass and projection run in float32, which "
-               "inflates the ratio (the float32 overhead is in BENCHMARKS.md)"
+        why = (" Fine-tuning ran under bf16 autocast while SPF's safety pass and projection run in float32, which "
+               "inflates this ratio; BENCHMARKS.md has the float32 step overhead."
                if cfg.bf16 and fast_bf16(resolve_device("auto")) else "")
-        out.append(f"SPF step time is {ratio:.2f}x the SFT step time on this machine (median over steps{why}).")
+        out.append(f"SPF step time is {ratio:.2f}x the SFT step time on this machine (median over steps).{why}")
     if cfg.quick:
         out.append("Quick mode: few examples and steps; the numbers only show that the pipeline runs.")
     return out
