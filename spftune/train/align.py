@@ -29,7 +29,7 @@ How the defaults were chosen (SmolLM2-135M-Instruct, keyword judge, 32 new token
 The rule was: refuse >= 95% of validation harmful prompts, then fewest refusals of over-refusal plus benign prompts,
 which picked ``benign_repeats=2``. On the *test* split (the demo, 80 harmful / 40 over-refusal / 80 benign prompts)
 that recipe refused 83.8% of harmful prompts, 32.5% of over-refusal and 10% of benign ones, and made the first
-``make demo`` take 903 s (over its 15-minute budget); the bold recipe refused 88.8% / 25% / 17.5% in 820 s. The
+``make demo`` take 903 s (over its 15-minute budget); the bold recipe refused 88.8% / 25% / 17.5% in 808 s. The
 default is the bold one, for the time budget; both test results were seen before that choice. Neither reaches the
 targets (>= 90% harmful refused, <= 10% over-refusal). The validation splits are small (one prompt of 30 is 3.3
 points) and turned out easier than the test split, so they did not predict it well.
