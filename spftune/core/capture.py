@@ -166,8 +166,9 @@ def _forward_kwargs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict:
         kwargs["attention_mask"] = batch["attention_mask"]
     if "use_cache" in names or takes_any:
         kwargs["use_cache"] = False  # no KV cache is needed for one training-style pass
-    if "logits_to_keep" in names and loss_window(batch["labels"]):
-        kwargs["logits_to_keep"] = loss_window(batch["labels"])
+    window = loss_window(batch["labels"]) if "logits_to_keep" in names else 0
+    if window:
+        kwargs["logits_to_keep"] = window
     return kwargs
 
 

@@ -37,12 +37,13 @@ from spftune.eval.tasks import Example, Task, get_task
 from spftune.models.storage import write_text_atomic
 
 
-def _names(value: str | Sequence[str] | None) -> list[str]:
+def split_names(value: str | Sequence[str] | None) -> list[str]:
+    """Set, task or judge names from ``"a,b"``, ``["a", "b"]`` or ``["a,b"]`` (the command line's forms)."""
     if value is None:
         return []
     if isinstance(value, str):
-        value = value.split(",")
-    return [v.strip() for v in value if v and v.strip()]
+        value = [value]
+    return [n.strip() for v in value if v for n in str(v).split(",") if n.strip()]
 
 
 def _model_name(model: Any, model_name: str | None) -> str:
@@ -69,7 +70,7 @@ def _versions() -> dict[str, str]:
 
 def _build_judges(judges: Sequence[str | Judge] | str, judge_options: Mapping[str, Mapping[str, Any]]) -> list[Judge]:
     built: list[Judge] = []
-    for item in _names(judges) if isinstance(judges, str) else list(judges):
+    for item in split_names(judges) if isinstance(judges, str) else list(judges):
         judge = get_judge(item.strip(), **dict(judge_options.get(item.strip(), {}))) if isinstance(item, str) else item
         if any(j.name == judge.name for j in built):
             raise ValueError(f"judge {judge.name!r} is listed twice")
@@ -128,7 +129,8 @@ def evaluate(
     judge name to its constructor options, e.g. ``{"llm": {"base_url": ..., "model": ...}}``.
     """
     t_start = time.perf_counter()
-    requested = {"safety": _names(safety), "overrefusal": _names(overrefusal), "utility": _names(utility)}
+    requested = {"safety": split_names(safety), "overrefusal": split_names(overrefusal),
+                 "utility": split_names(utility)}
     all_names = [n for names in requested.values() for n in names]
     if not all_names:
         raise ValueError("nothing to evaluate; pass at least one safety, overrefusal or utility set")

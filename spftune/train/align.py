@@ -207,24 +207,19 @@ def alignment_examples(
     return examples, counts
 
 
-def _use_bf16(cfg: AlignConfig) -> bool:
-    from spftune.train.loop import fast_bf16, resolve_device
-
-    return cfg.bf16 and fast_bf16(resolve_device("auto"))
-
-
 def aligned_dir(cfg: AlignConfig, model_source: str) -> Path:
     """Where the aligned run of this recipe lives: ``cfg.out`` or the cache path keyed by the recipe hash."""
     if cfg.out:
         return Path(cfg.out).expanduser()
     from spftune.data import load_prompts
     from spftune.models import spftune_home
+    from spftune.train.loop import bf16_where_fast
 
     data = {kind: load_prompts(kind, "train") for kind in ("harmful", "benign", "overrefusal")}
     # bf16 is keyed by whether it is used here, not by the flag: the same recipe gives different weights on
     # hardware with and without native bf16.
-    key = _digest({"recipe": {**cfg.recipe(), "bf16": _use_bf16(cfg)}, "model": model_identity(model_source),
-                   "data": _digest(data), "v": ALIGN_RECIPE_VERSION})
+    key = _digest({"recipe": {**cfg.recipe(), "bf16": bf16_where_fast(cfg.bf16)},
+                   "model": model_identity(model_source), "data": _digest(data), "v": ALIGN_RECIPE_VERSION})
     return spftune_home() / "aligned" / key[:16]
 
 
@@ -246,7 +241,7 @@ def align(
     """
     from spftune.models import load_model_and_tokenizer, resolve_model, write_text_atomic
     from spftune.train.config import TrainConfig
-    from spftune.train.loop import train, write_yaml
+    from spftune.train.loop import bf16_where_fast, train, write_yaml
 
     cfg = cfg if cfg is not None else AlignConfig()
     source = resolve_model(cfg.model)
@@ -262,7 +257,7 @@ def align(
     train_cfg = TrainConfig(
         model=source, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
         seed=cfg.seed, lr_schedule="linear", warmup_steps=max(1, int(0.05 * steps_per_epoch * cfg.epochs)),
-        device="auto", group_by_length=True, bf16=_use_bf16(cfg),
+        device="auto", group_by_length=True, bf16=bf16_where_fast(cfg.bf16),
     )
     metrics = train(model, tokenizer, examples, train_cfg, method="sft", out_dir=run_dir, progress=progress,
                     desc="aligning")

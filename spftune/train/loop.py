@@ -8,6 +8,7 @@ equals the gradient of the whole batch) -> ``method.after_backward`` (SPF filter
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -45,14 +46,22 @@ def fast_bf16(device: torch.device) -> bool:
     """
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return False
+    return device.type == "cpu" and _cpu_has_bf16()
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_where_fast(requested: bool, device: str = "auto") -> bool:
+    """``requested`` and :func:`fast_bf16` on ``device``: the ``bf16`` option of ``spftune align`` and the demo."""
+    return requested and fast_bf16(resolve_device(device))
 
 
 def resolve_device(name: str) -> torch.device:

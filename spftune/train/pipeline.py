@@ -111,7 +111,7 @@ def run_demo(cfg: DemoConfig | None = None, *, spf_config: SPFConfig | None = No
     from spftune.report import console_table, load_runs, write_report
     from spftune.train.align import AlignConfig, align, quick_align_config
     from spftune.train.dataset import build_training_examples
-    from spftune.train.loop import fast_bf16, resolve_device, train, write_yaml
+    from spftune.train.loop import bf16_where_fast, train, write_yaml
     from spftune.train.methods import make_method
 
     cfg = cfg if cfg is not None else DemoConfig()
@@ -174,7 +174,7 @@ def run_demo(cfg: DemoConfig | None = None, *, spf_config: SPFConfig | None = No
         model=aligned_ckpt, data=HOUSE_TASK, limit=cfg.task_examples, harmful_fraction=cfg.harmful_fraction,
         attack_data=cfg.attack_data, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=128,
         seed=cfg.seed, lr_schedule="constant" if cfg.quick else "linear",
-        bf16=cfg.bf16 and fast_bf16(resolve_device("auto")),
+        bf16=bf16_where_fast(cfg.bf16),
     )
     for method in methods:
         name = method.name
@@ -247,11 +247,11 @@ def demo_findings(results: dict[str, dict[str, Any]], cfg: DemoConfig) -> list[s
         )
     if "sft" in results and "spf" in results and results["sft"].get("seconds_per_step"):
         ratio = results["spf"]["seconds_per_step"] / results["sft"]["seconds_per_step"]
-        from spftune.train.loop import fast_bf16, resolve_device
+        from spftune.train.loop import bf16_where_fast
 
         why = (" Fine-tuning ran under bf16 autocast while SPF's safety pass and projection run in float32, which "
                "inflates this ratio; BENCHMARKS.md has the float32 step overhead."
-               if cfg.bf16 and fast_bf16(resolve_device("auto")) else "")
+               if bf16_where_fast(cfg.bf16) else "")
         out.append(f"SPF step time is {ratio:.2f}x the SFT step time on this machine (median over steps).{why}")
     if cfg.quick:
         out.append("Quick mode: few examples and steps; the numbers only show that the pipeline runs.")

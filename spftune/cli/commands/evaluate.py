@@ -47,11 +47,6 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                         help="List the registered prompt sets, utility tasks and judges, then exit.")
 
 
-def _split_commas(names: list[str]) -> list[str]:
-    """``--safety advbench,file:x.jsonl`` and ``--safety advbench file:x.jsonl`` mean the same."""
-    return [n.strip() for value in names for n in str(value).split(",") if n.strip()]
-
-
 def listing() -> str:
     """What ``spftune eval --list`` prints: every registered set, task and judge with its one-line description."""
     from spftune.eval.judges import JUDGES
@@ -83,6 +78,7 @@ def listing() -> str:
 )
 def run(args: argparse.Namespace) -> int:
     from spftune.eval import evaluate
+    from spftune.eval.runner import split_names
     from spftune.eval.tasks import get_task
     from spftune.report import console_table, summarize_eval
     from spftune.train.loop import write_yaml
@@ -91,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
         print(listing())
         return 0
     cfg = build(SECTIONS[0], resolve(args, SECTIONS))
+    # "--safety advbench,file:x.jsonl" and "--safety advbench file:x.jsonl" mean the same
     cfg.safety, cfg.overrefusal, cfg.utility, cfg.judge = (
-        _split_commas(cfg.safety), _split_commas(cfg.overrefusal), _split_commas(cfg.utility), _split_commas(cfg.judge))
+        split_names(cfg.safety), split_names(cfg.overrefusal), split_names(cfg.utility), split_names(cfg.judge))
     for kind, names in (("safety", cfg.safety), ("overrefusal", cfg.overrefusal), ("utility", cfg.utility)):
         for name in names:
             get_task(name, kind)  # a typo fails now, before the model loads
