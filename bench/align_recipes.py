@@ -7,6 +7,10 @@ model (``force``; the self-generated answers are cached under ``$SPFTUNE_HOME``)
 tokens) on the validation splits of the project's harmful, over-refusal and benign prompts and print the keyword
 judge's refusal rate on each, plus the over-refusal prompts that were refused. One alignment takes about 7 minutes
 on the 2-core CI machine. Selection uses validation only; the test split is what the demo reports.
+
+``--fold I/K`` holds out every K-th train prompt of each kind (those with index % K == I) from the alignment and
+evaluates on them too (one fold of a K-fold cross-validation): the validation splits alone (40 / 30 / 40 prompts)
+were too small and too easy to predict the test split.
 """
 
 from __future__ import annotations
@@ -22,12 +26,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipes", help="JSON list of AlignConfig overrides")
     parser.add_argument("--out", default=None, help="Keep the aligned runs under this folder (default: a temp dir).")
+    parser.add_argument("--fold", default=None, help="I/K: hold out train prompts with index %% K == I and evaluate on them.")
     args = parser.parse_args()
 
     from spftune.data import load_prompts
     from spftune.eval import generate, is_refusal
     from spftune.models import load_model_and_tokenizer
+    import spftune.train.align as align_module
     from spftune.train.align import AlignConfig, align
+
+    held_out: dict[str, list[dict]] = {}
+    if args.fold:
+        fold, k = (int(x) for x in args.fold.split("/"))
+        full = align_module.alignment_prompts
+
+        def without_fold(cfg: AlignConfig) -> dict[str, list[dict]]:
+            prompts = full(cfg)
+            for kind, rows in prompts.items():
+                held_out[kind] = [r for j, r in enumerate(rows) if j % k == fold]
+                prompts[kind] = [r for j, r in enumerate(rows) if j % k != fold]
+            return prompts
+
+        align_module.alignment_prompts = without_fold  # align() looks the function up at call time
 
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="align-recipes-"))
     for i, overrides in enumerate(json.loads(args.recipes)):
@@ -35,17 +55,21 @@ def main() -> None:
         record = align(AlignConfig(out=str(root / f"recipe{i}"), force=True, **overrides), progress=False)
         align_s = time.perf_counter() - start
         model, tok = load_model_and_tokenizer(record["checkpoint"])
-        rates, refused = {}, []
+        rates: dict[str, dict[str, float]] = {"val": {}, "held_out": {}, "pooled": {}}
+        refused = []
         for kind in ("harmful", "overrefusal", "benign"):
-            prompts = [r["prompt"] for r in load_prompts(kind, "val")]
-            flags = [is_refusal(o) for o in generate(model, tok, prompts, max_new_tokens=32, batch_size=40,
+            val = [r["prompt"] for r in load_prompts(kind, "val")]
+            extra = [r["prompt"] for r in held_out.get(kind, [])]
+            flags = [is_refusal(o) for o in generate(model, tok, val + extra, max_new_tokens=32, batch_size=40,
                                                      show_progress=False)]
-            rates[kind] = round(sum(flags) / len(flags), 3)
-            if kind == "overrefusal":
-                refused = [p for p, f in zip(prompts, flags, strict=True) if f]
-        print(json.dumps({"recipe": overrides, "align_s": round(align_s), "steps": record["train"]["steps"],
-                          "data": record["data"], "val_refusal_rate": rates, "refused_overrefusal": refused}),
-              flush=True)
+            for name, part in (("val", flags[: len(val)]), ("held_out", flags[len(val):]), ("pooled", flags)):
+                if part:
+                    rates[name][kind] = round(sum(part) / len(part), 3)
+            if kind != "harmful":
+                refused += [p for p, f in zip(val + extra, flags, strict=True) if f]
+        print(json.dumps({"recipe": overrides, "fold": args.fold, "align_s": round(align_s),
+                          "steps": record["train"]["steps"], "data": record["data"], "refusal_rate": rates,
+                          "refused_safe": refused}), flush=True)
 
 
 if __name__ == "__main__":

@@ -278,6 +278,23 @@ def test_fit_basis_on_synthetic_low_rank_gradient():
     assert torch.allclose(bf.U @ cf, bd.U @ cd, atol=1e-4)
 
 
+def test_narrow_tensors_are_handled_densely_and_match():
+    """min(m, n) <= T (a LoRA adapter): G_s is formed instead of factored; same subspace, same statistics."""
+    from spftune.core.capture import TensorGradient
+
+    torch.manual_seed(0)
+    for m, n in ((64, 4), (4, 64)):  # lora_B-like and lora_A-like
+        a, b = torch.randn(10, m), torch.randn(10, n)
+        narrow = fit_basis(TensorGradient(shape=torch.Size([m, n]), factors=[(a, b)]), rank=3)
+        assert narrow.Q is None and narrow.rows is None  # the dense form was chosen
+        u, s, _ = torch.linalg.svd(a.T @ b, full_matrices=False)
+        assert torch.allclose(narrow.U @ narrow.U.T, u[:, :3] @ u[:, :3].T, atol=1e-5)
+        assert torch.allclose(narrow.singular_values, s, atol=1e-4)
+    wide = fit_basis(TensorGradient(shape=torch.Size([64, 48]), factors=[(torch.randn(10, 64), torch.randn(10, 48))]),
+                     rank=3)
+    assert wide.Q is not None  # T = 10 < min(m, n): factored
+
+
 def test_row_sparse_embedding_basis_matches_dense():
     from spftune.core.capture import TensorGradient
 
