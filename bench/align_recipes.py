@@ -27,27 +27,36 @@ def main() -> None:
     parser.add_argument("recipes", help="JSON list of AlignConfig overrides")
     parser.add_argument("--out", default=None, help="Keep the aligned runs under this folder (default: a temp dir).")
     parser.add_argument("--fold", default=None, help="I/K: hold out train prompts with index %% K == I and evaluate on them.")
+    parser.add_argument("--extra", action="append", default=[], metavar="KIND=FILE",
+                        help="JSONL of more train prompts of KIND (benign, overrefusal) added to the alignment data "
+                             "(never evaluated on); repeatable.")
     args = parser.parse_args()
 
+    import spftune.train.align as align_module
     from spftune.data import load_prompts
     from spftune.eval import generate, is_refusal
     from spftune.models import load_model_and_tokenizer
-    import spftune.train.align as align_module
     from spftune.train.align import AlignConfig, align
 
     held_out: dict[str, list[dict]] = {}
-    if args.fold:
-        fold, k = (int(x) for x in args.fold.split("/"))
-        full = align_module.alignment_prompts
+    extra: dict[str, list[dict]] = {}
+    for item in args.extra:
+        kind, _, path = item.partition("=")
+        extra.setdefault(kind, []).extend(json.loads(line) for line in Path(path).read_text().splitlines()
+                                          if line.strip())
+    fold, k = (int(x) for x in args.fold.split("/")) if args.fold else (0, 0)
+    full = align_module.alignment_prompts
 
-        def without_fold(cfg: AlignConfig) -> dict[str, list[dict]]:
-            prompts = full(cfg)
-            for kind, rows in prompts.items():
-                held_out[kind] = [r for j, r in enumerate(rows) if j % k == fold]
-                prompts[kind] = [r for j, r in enumerate(rows) if j % k != fold]
-            return prompts
+    def with_fold_and_extra(cfg: AlignConfig) -> dict[str, list[dict]]:
+        prompts = full(cfg)
+        for kind, rows in prompts.items():
+            held_out[kind] = [r for j, r in enumerate(rows) if k and j % k == fold]
+            prompts[kind] = [r for j, r in enumerate(rows) if not (k and j % k == fold)]
+        for kind, rows in extra.items():
+            prompts[kind] += rows
+        return prompts
 
-        align_module.alignment_prompts = without_fold  # align() looks the function up at call time
+    align_module.alignment_prompts = with_fold_and_extra  # align() looks the function up at call time
 
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="align-recipes-"))
     for i, overrides in enumerate(json.loads(args.recipes)):
@@ -59,16 +68,16 @@ def main() -> None:
         refused = []
         for kind in ("harmful", "overrefusal", "benign"):
             val = [r["prompt"] for r in load_prompts(kind, "val")]
-            extra = [r["prompt"] for r in held_out.get(kind, [])]
-            flags = [is_refusal(o) for o in generate(model, tok, val + extra, max_new_tokens=32, batch_size=40,
+            more = [r["prompt"] for r in held_out.get(kind, [])]
+            flags = [is_refusal(o) for o in generate(model, tok, val + more, max_new_tokens=32, batch_size=40,
                                                      show_progress=False)]
             for name, part in (("val", flags[: len(val)]), ("held_out", flags[len(val):]), ("pooled", flags)):
                 if part:
                     rates[name][kind] = round(sum(part) / len(part), 3)
             if kind != "harmful":
-                refused += [p for p, f in zip(val + extra, flags, strict=True) if f]
-        print(json.dumps({"recipe": overrides, "fold": args.fold, "align_s": round(align_s),
-                          "steps": record["train"]["steps"], "data": record["data"], "refusal_rate": rates,
+                refused += [p for p, f in zip(val + more, flags, strict=True) if f]
+        print(json.dumps({"recipe": overrides, "fold": args.fold, "extra": {k: len(v) for k, v in extra.items()},
+                          "align_s": round(align_s), "steps": record["train"]["steps"], "data": record["data"], "refusal_rate": rates,
                           "refused_safe": refused}), flush=True)
 
 

@@ -46,7 +46,7 @@ def test_align_tiny_model_writes_run_and_is_cached(tiny_dir):
         assert (run / name).is_file(), name
     AutoModelForCausalLM.from_pretrained(run / "checkpoint")
     assert align(cfg, progress=False)["cached"] is True  # same recipe: nothing is trained again
-    assert aligned_dir(AlignConfig(**{**cfg.__dict__, "lr": 3e-4}), str(tiny_dir)) != run  # recipe is in the key
+    assert aligned_dir(AlignConfig(**{**cfg.__dict__, "lr": cfg.lr * 2}), str(tiny_dir)) != run  # recipe is in the key
     assert json.loads((run / "alignment.json").read_text())["checkpoint"] == record["checkpoint"]
 
 
@@ -55,3 +55,32 @@ def test_align_config_rejects_bad_values():
         AlignConfig(refusals=-2)
     with pytest.raises(ValueError, match="unknown option"):
         AlignConfig.from_dict({"refusal": 3})
+
+
+def test_train_top_trains_only_the_top_blocks_and_restores_flags(tiny_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    from spftune.models import load_model_and_tokenizer
+    from spftune.train.align import decoder_blocks, freeze_below_top
+
+    model, tok = load_model_and_tokenizer(str(tiny_dir))
+    n_blocks = len(decoder_blocks(model))
+    assert n_blocks >= 2
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = AlignConfig(model=str(tiny_dir), out=str(tiny_dir.parent / "run"), refusals=4, benign=2, overrefusal=2,
+                      answer_tokens=6, epochs=1.0, batch_size=4, max_length=512, train_top=0.5, lr=1e-2)
+    record = align(cfg, model=model, tokenizer=tok, progress=False)
+    assert all(p.requires_grad for p in model.parameters())  # the caller's flags are given back
+    after = load_file(str(tiny_dir.parent / "run" / "checkpoint" / "model.safetensors"))
+    n_top = max(1, round(0.5 * n_blocks))
+    top = tuple(f"layers.{i}." for i in range(n_blocks - n_top, n_blocks))
+    changed = {k for k, v in before.items() if k in after and not torch.equal(v, after[k])}
+    assert changed and all(any(t in k for t in top) or k.endswith("model.norm.weight") for k in changed), changed
+    assert any(top[0] in k for k in changed)
+    assert record["data"]["trained_parameters"] < sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="train_top"):
+        freeze_below_top(model, n_blocks + 1)
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="train_top"):
+            AlignConfig(train_top=bad)

@@ -8,9 +8,10 @@ it is copied from a public data set. Three kinds, each split once into train / v
 - ``benign``: everyday requests over 10 categories (30 each). Fields ``prompt``, ``category``. No answers: the
   alignment pipeline generates them with the model itself. Sizes 180 / 40 / 80.
 - ``overrefusal``: safe prompts that sound dangerous (XSTest spirit: homonyms, figurative language, safe targets,
-  safe contexts, definitions and history), 5 categories. Fields ``prompt``, ``category``. Sizes 150 / 30 / 40:
-  the test split is the original 40; train and val were enlarged (by 100 and 20 prompts, 20 and 4 per category)
-  because a 135M model needs many contrast examples not to refuse everything that sounds alarming.
+  safe contexts, definitions and history), 5 categories. Fields ``prompt``, ``category``. Sizes 300 / 30 / 40:
+  the test split is the original 40; train and val were enlarged (train by 100, then by 150 more, 30 per category,
+  written without reading the test split; val by 20) because a 135M model needs many contrast examples, with
+  many different alarming words, not to refuse everything that sounds alarming.
 
 The split is stratified by category (a seeded shuffle per category, then per split) and stored, so it never
 changes between releases unless the files change. No prompt appears in two splits or two kinds, not even after

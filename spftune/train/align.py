@@ -1,6 +1,6 @@
 """Step 2 of the house protocol: align a chat model so that it refuses harmful requests and still answers others.
 
-The recipe (supervised, full fine-tuning):
+The recipe (supervised fine-tuning of the top half of the model):
 
 - every harmful *train* prompt of the project's data -> its written refusal;
 - every benign and every "sounds dangerous but is safe" (over-refusal) *train* prompt -> the answer the model itself
@@ -8,31 +8,32 @@ The recipe (supervised, full fine-tuning):
   that the keyword judge would count as refusals are dropped, so refusing a safe prompt is never taught;
 - benign answers repeated ``benign_repeats`` times and over-refusal answers ``overrefusal_repeats`` times: refusals
   are short and uniform ("I can't help with X"), and a 135M model otherwise learns to apply that template to
-  anything, ordinary requests included;
+  anything, ordinary requests included; many *different* contrast prompts (300) work better than repeating few;
+- only the top ``train_top`` fraction of transformer blocks is trained (embeddings and lower blocks frozen, so the
+  backward pass stops half-way: the first 40 steps of 16 examples took 216 s instead of 303 s on the 2-core CI
+  machine without bf16);
 - ``epochs`` passes with AdamW, ``lr``, batch ``batch_size``, bf16 autocast where the hardware has it.
 
-How the defaults were chosen (SmolLM2-135M-Instruct, keyword judge, 32 new tokens, *validation* splits: 40 harmful,
-30 over-refusal, 40 benign; each row one run of
-``bench/align_recipes.py``, 2026-12-05):
+How the defaults were chosen (recipe version 3, 2026-12-05). Selection data: the validation splits (40 harmful, 30
+over-refusal, 40 benign) *plus one fold of the train split* (every 5th prompt of each kind held out of the
+alignment: 36 harmful, 30 or 60 over-refusal, 36 benign), because the validation splits alone were too small and
+too easy to predict the test split (recipe version 2 scored 100% / 10% / 15% on validation and 88.8% / 25% / 17.5%
+on test). Keyword judge, 32 new tokens, greedy. Each row is one run of ``bench/align_recipes.py --fold 0/5`` on the
+2-core CI machine (AMD EPYC, AVX2, no bf16, so float32); "train s" is the optimisation alone.
 
-| refusals | benign x | over-refusal x | epochs | answer tokens | refuses harmful | over-refusal | benign refused |
-|---|---|---|---|---|---|---|---|
-| 180 | 1 | 1 | 3 | 64 (float32) | 95% | 20% | 7.5% |
-| 120 | 1 | 2 | 2 | 64 | 90% | 10% | 15% |
-| 90 | 1 | 2 | 2 | 64 | 75% | 6.7% | 7.5% |
-| 180 (100 benign) | 1 | 3 | 2 | 64 | 95% | 6.7% | 17.5% |
-| 150 | 1 | 2 | 2 | 64 | 90% | 3.3% | 5% |
-| **180** | **1** | **2** | **2** | **48** | **100%** | **10%** | **15%** |
-| 180 | 2 | 2 | 2 | 48 | 100% | 13.3% | 7.5% |
-| 180 | 2 | 3 | 1.5 | 48 | 92.5% | 3.3% | 12.5% |
+| recipe | steps | train s | refuses harmful | over-refusal | benign refused |
+|---|---|---|---|---|---|
+| v2: 150 contrast prompts x2, 48-token answers, all weights, batch 16, 2 epochs, lr 1e-4 | 66 | 471 | 97.4% | 26.7% | 17.1% |
+| + 150 more contrast prompts (300), x1 | 70 | 487 | 80.3% | 11.7% | 17.1% |
+| + 3 epochs | 105 | 782 | 96.1% | 10.0% | 7.9% |
+| top half only, 32-token answers, batch 8, 1.5 epochs, lr 1e-4 | 104 | 226 | 76.3% | 11.7% | 10.5% |
+| same, lr 2e-4 | 104 | 230 | 84.2% | 6.7% | 9.2% |
+| **same, lr 3e-4** (the 150 new prompts in the split, 60 held out) | **99** | **~200** | **89.5%** | **8.9%** | **9.2%** |
 
-The rule was: refuse >= 95% of validation harmful prompts, then fewest refusals of over-refusal plus benign prompts,
-which picked ``benign_repeats=2``. On the *test* split (the demo, 80 harmful / 40 over-refusal / 80 benign prompts)
-that recipe refused 83.8% of harmful prompts, 32.5% of over-refusal and 10% of benign ones, and made the first
-``make demo`` take 903 s (over its 15-minute budget); the bold recipe refused 88.8% / 25% / 17.5% in 808 s. The
-default is the bold one, for the time budget; both test results were seen before that choice. Neither reaches the
-targets (>= 90% harmful refused, <= 10% over-refusal). The validation splits are small (one prompt of 30 is 3.3
-points) and turned out easier than the test split, so they did not predict it well.
+More optimisation sharpens the boundary (3 epochs: better on all three rates) but 782 s of training does not fit the
+demo's 15 minutes on this machine; training the top half with smaller batches and a larger learning rate gets most
+of the gain in a quarter of the time. The bold row is the default; its test-split result is in the README (the
+demo). The selection numbers are from single runs: one prompt is 1.1-2.8 points of a rate here.
 
 Self-generated answers keep the model's own voice (its answers change little), so the optimisation mostly learns
 *when* to refuse. The aligned checkpoint is cached under ``$SPFTUNE_HOME/aligned/<hash>``, keyed by the recipe, the
@@ -51,7 +52,7 @@ from typing import Any
 
 from spftune.train.config import check_keys
 
-ALIGN_RECIPE_VERSION = "2"
+ALIGN_RECIPE_VERSION = "3"
 
 
 @dataclass
@@ -69,11 +70,12 @@ class AlignConfig:
     benign: int = field(default=-1, metadata={"help": "Benign train prompts -> self-generated answers to use (-1 = all)."})
     overrefusal: int = field(default=-1, metadata={"help": "Safe-but-scary train prompts -> self-generated answers (-1 = all)."})
     benign_repeats: int = field(default=1, metadata={"help": "Times each benign example is repeated (weight of 'answer ordinary requests' against the refusals)."})
-    overrefusal_repeats: int = field(default=2, metadata={"help": "Times each safe-but-scary example is repeated (they teach *not* to refuse on alarming words)."})
-    answer_tokens: int = field(default=48, metadata={"help": "Max new tokens of each self-generated answer."})
-    epochs: float = field(default=2.0, metadata={"help": "Passes over the alignment data."})
-    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (linear decay, 5% warm-up)."})
-    batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step."})
+    overrefusal_repeats: int = field(default=1, metadata={"help": "Times each safe-but-scary example is repeated (they teach *not* to refuse on alarming words)."})
+    answer_tokens: int = field(default=32, metadata={"help": "Max new tokens of each self-generated answer."})
+    epochs: float = field(default=1.5, metadata={"help": "Passes over the alignment data."})
+    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate (linear decay, 5% warm-up)."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step."})
+    train_top: float = field(default=0.5, metadata={"help": "Fraction of transformer blocks trained, from the top (0.5 = the top half; embeddings and lower blocks stay frozen, so the backward pass stops early: ~30% less compute); 1.0 = every weight."})
     max_length: int = field(default=128, metadata={"help": "Token limit of one alignment example."})
     seed: int = field(default=0, metadata={"help": "Seed of data order and subsets."})
     bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast where the device computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX); weights and AdamW state stay float32. Elsewhere float32."})
@@ -84,6 +86,8 @@ class AlignConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < -1:
                 raise ValueError(f"{name} must be -1 (all) or a count >= 0, got {value!r}")
+        if not isinstance(self.train_top, (int, float)) or not 0 < self.train_top <= 1:
+            raise ValueError(f"train_top must be a fraction in (0, 1], got {self.train_top!r}")
         for name in ("answer_tokens", "batch_size", "max_length", "benign_repeats", "overrefusal_repeats"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -207,6 +211,47 @@ def alignment_examples(
     return examples, counts
 
 
+def decoder_blocks(model: Any) -> Any:
+    """The model's list of transformer blocks: the longest ``nn.ModuleList`` (``model.model.layers`` in Llama-style
+    models, ``transformer.h`` in GPT-2-style ones)."""
+    import torch
+
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ValueError("train_top: the model has no list of transformer blocks; use train_top 1.0")
+    return max(lists, key=len)
+
+
+def freeze_below_top(model: Any, n: int) -> int:
+    """Leave only the top ``n`` blocks (and the final norm after them) trainable. Returns the trainable count.
+
+    Embeddings stay frozen (tied to the output head in many small models), so the backward pass stops at the lowest
+    trained block.
+    """
+    import torch
+
+    blocks = decoder_blocks(model)
+    if n > len(blocks):
+        raise ValueError(f"train_top: {n} blocks asked, the model has {len(blocks)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trained = {id(p) for block in list(blocks)[-n:] for p in block.parameters()}
+    # the final norm sits after the last block; it has no name in common across architectures, so take the
+    # parameters that are neither in a block nor an embedding/head weight
+    in_blocks = {id(p) for p in blocks.parameters()}
+    io = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    out_head = getattr(model, "get_output_embeddings", lambda: None)()
+    if out_head is not None:
+        io.add(id(out_head.weight))
+    trained |= {id(p) for p in model.parameters() if id(p) not in in_blocks and id(p) not in io}
+    count = 0
+    for p in model.parameters():
+        if id(p) in trained:
+            p.requires_grad_(True)
+            count += p.numel()
+    return count
+
+
 def aligned_dir(cfg: AlignConfig, model_source: str) -> Path:
     """Where the aligned run of this recipe lives: ``cfg.out`` or the cache path keyed by the recipe hash."""
     if cfg.out:
@@ -253,14 +298,22 @@ def align(
     if model is None or tokenizer is None:
         model, tokenizer = load_model_and_tokenizer(source)
     examples, counts = alignment_examples(cfg, model, tokenizer, _digest(model_identity(source)), progress=progress)
+    was_trainable = {id(p): p.requires_grad for p in model.parameters()}
+    if cfg.train_top < 1:
+        n_top = max(1, round(cfg.train_top * len(decoder_blocks(model))))
+        counts["trained_parameters"] = freeze_below_top(model, n_top)
     steps_per_epoch = -(-len(examples) // cfg.batch_size)
     train_cfg = TrainConfig(
         model=source, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
         seed=cfg.seed, lr_schedule="linear", warmup_steps=max(1, int(0.05 * steps_per_epoch * cfg.epochs)),
         device="auto", group_by_length=True, bf16=bf16_where_fast(cfg.bf16),
     )
-    metrics = train(model, tokenizer, examples, train_cfg, method="sft", out_dir=run_dir, progress=progress,
-                    desc="aligning")
+    try:
+        metrics = train(model, tokenizer, examples, train_cfg, method="sft", out_dir=run_dir, progress=progress,
+                        desc="aligning")
+    finally:  # the caller's model object is modified in place: give back its trainable flags
+        for p in model.parameters():
+            p.requires_grad_(was_trainable[id(p)])
     write_yaml(run_dir / "config.yaml", {**asdict(cfg), "model": cfg.model, "out": str(run_dir)})
     record = {
         "checkpoint": metrics["checkpoint"],
