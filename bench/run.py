@@ -1,6 +1,6 @@
 """The benchmark: every method x scenario x mode x seed, from the same aligned model, in one harness.
 
-    .venv/bin/python bench/run.py --quick --model ALIGNED_CHECKPOINT        # ~20 min on 2 free CPU cores (estimate)
+    .venv/bin/python bench/run.py --quick --model ALIGNED_CHECKPOINT        # 11.4 min on 2 idle AVX2 cores (measured)
     .venv/bin/python bench/run.py --full  --model ALIGNED_CHECKPOINT        # the whole grid (see below)
     .venv/bin/python bench/run.py --quick --dry-run                         # print the grid, train nothing
     .venv/bin/python bench/run.py --full --methods sft spf --scenarios deep --modes lora --seeds 0 1 2
