@@ -29,11 +29,13 @@ on test). Keyword judge, 32 new tokens, greedy. Each row is one run of ``bench/a
 | top half only, 32-token answers, batch 8, 1.5 epochs, lr 1e-4 | 104 | 226 | 76.3% | 11.7% | 10.5% |
 | same, lr 2e-4 | 104 | 230 | 84.2% | 6.7% | 9.2% |
 | **same, lr 3e-4** (the 150 new prompts in the split, 60 held out) | **99** | **~200** | **89.5%** | **8.9%** | **9.2%** |
+| same, 2 epochs (measured after the choice) | 132 | ~270 | 93.4% | 8.9% | 9.2% |
 
 More optimisation sharpens the boundary (3 epochs: better on all three rates) but 782 s of training does not fit the
 demo's 15 minutes on this machine; training the top half with smaller batches and a larger learning rate gets most
 of the gain in a quarter of the time. The bold row is the default; its test-split result is in the README (the
-demo). The selection numbers are from single runs: one prompt is 1.1-2.8 points of a rate here.
+demo). The last row is better on harmful prompts but adds ~85 s of training on the full data, which would put the
+first demo at ~890 s on this machine (803 s measured with the bold row): too close to the budget to adopt untested. The selection numbers are from single runs: one prompt is 1.1-2.8 points of a rate here.
 
 Self-generated answers keep the model's own voice (its answers change little), so the optimisation mostly learns
 *when* to refuse. The aligned checkpoint is cached under ``$SPFTUNE_HOME/aligned/<hash>``, keyed by the recipe, the
