@@ -77,8 +77,8 @@ def main() -> None:
             if kind != "harmful":
                 refused += [p for p, f in zip(val + more, flags, strict=True) if f]
         print(json.dumps({"recipe": overrides, "fold": args.fold, "extra": {k: len(v) for k, v in extra.items()},
-                          "align_s": round(align_s), "steps": record["train"]["steps"], "data": record["data"], "refusal_rate": rates,
-                          "refused_safe": refused}), flush=True)
+                          "align_s": round(align_s), "steps": record["train"]["steps"], "data": record["data"],
+                          "refusal_rate": rates, "refused_safe": refused}), flush=True)
 
 
 if __name__ == "__main__":

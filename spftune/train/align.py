@@ -35,7 +35,8 @@ More optimisation sharpens the boundary (3 epochs: better on all three rates) bu
 demo's 15 minutes on this machine; training the top half with smaller batches and a larger learning rate gets most
 of the gain in a quarter of the time. The bold row is the default; its test-split result is in the README (the
 demo). The last row is better on harmful prompts but adds ~85 s of training on the full data, which would put the
-first demo at ~890 s on this machine (803 s measured with the bold row): too close to the budget to adopt untested. The selection numbers are from single runs: one prompt is 1.1-2.8 points of a rate here.
+first demo at ~890 s on this machine (803 s measured with the bold row): too close to the budget to adopt untested.
+The selection numbers are from single runs: one prompt is 1.1-2.8 points of a rate here.
 
 Self-generated answers keep the model's own voice (its answers change little), so the optimisation mostly learns
 *when* to refuse. The aligned checkpoint is cached under ``$SPFTUNE_HOME/aligned/<hash>``, keyed by the recipe, the
@@ -235,9 +236,7 @@ def freeze_below_top(model: Any, n: int) -> int:
     blocks = decoder_blocks(model)
     if n > len(blocks):
         raise ValueError(f"train_top: {n} blocks asked, the model has {len(blocks)}")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    trained = {id(p) for block in list(blocks)[-n:] for p in block.parameters()}
+    trained = {id(p) for block in blocks[-n:] for p in block.parameters()}
     # the final norm sits after the last block; it has no name in common across architectures, so take the
     # parameters that are neither in a block nor an embedding/head weight
     in_blocks = {id(p) for p in blocks.parameters()}
@@ -246,12 +245,9 @@ def freeze_below_top(model: Any, n: int) -> int:
     if out_head is not None:
         io.add(id(out_head.weight))
     trained |= {id(p) for p in model.parameters() if id(p) not in in_blocks and id(p) not in io}
-    count = 0
     for p in model.parameters():
-        if id(p) in trained:
-            p.requires_grad_(True)
-            count += p.numel()
-    return count
+        p.requires_grad_(id(p) in trained)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def aligned_dir(cfg: AlignConfig, model_source: str) -> Path:
