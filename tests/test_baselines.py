@@ -253,7 +253,7 @@ def test_safelora_projects_layers_at_or_below_the_threshold_and_leaves_the_other
     model, base, alignment = _lora_model_with_rank_one_alignment()
     layers = list(lora_layers(model))
     before = {name: module.lora_B[ad].weight.detach().clone() for name, module, ad in layers}
-    method = make_method("safelora", base_model=base, threshold="0.5")
+    method = make_method("safelora", base_model=base, select="threshold", threshold="0.5")
     method.setup(model, None)
     summary = method.finish(model)
     assert summary["safelora_layers"] == len(layers) and summary["safelora_projected"] == len(layers) // 2

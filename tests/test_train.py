@@ -234,3 +234,29 @@ def test_train_config_from_dict():
     assert cfg.batch_size == 4
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['batchsize'\]"):
         TrainConfig.from_dict({"batchsize": 4})
+
+
+def test_first_token_weight_scales_only_each_rows_first_response_token():
+    from spftune.core.chat import IGNORE_INDEX, response_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11)  # (B, T, V)
+    labels = torch.full((2, 6), IGNORE_INDEX)
+    labels[0, 2:5] = torch.tensor([3, 4, 5])  # first response token at position 2
+    labels[1, 4:6] = torch.tensor([6, 7])  # a shorter response starting later
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    first = [(0, 1), (1, 3)]  # shifted positions of the first labelled tokens
+    plain = response_loss(logits, labels)
+    assert torch.allclose(plain, per_token.sum() / 5)
+    weighted = response_loss(logits, labels, first_token_weight=4.0)
+    extra = sum(per_token[r, c] for r, c in first) * 3.0
+    assert torch.allclose(weighted, (per_token.sum() + extra) / 5)
+    # w = 1 through the weighted path agrees with the plain mean
+    assert torch.allclose(response_loss(logits, labels, first_token_weight=1.0 + 1e-12), plain)
+
+
+def test_first_token_weight_is_validated():
+    with pytest.raises(ValueError, match="first_token_weight"):
+        TrainConfig(first_token_weight=-1.0)

@@ -126,15 +126,28 @@ def loss_window(labels: torch.Tensor) -> int:
     return labels.shape[1] - int(labelled[0]) + 1
 
 
-def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def response_loss(logits: torch.Tensor, labels: torch.Tensor, first_token_weight: float = 1.0) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled positions.
 
     logits: (B, T', V) for the last T' <= T positions (see :func:`loss_window`); labels: (B, T) with
     ``IGNORE_INDEX`` where no loss is taken. Computed in float32.
+
+    ``first_token_weight`` w scales the loss of each row's first labelled token, the one where a chat model decides
+    between answering and refusing: loss = (w * l_first + sum of the other l_t) / (number of labelled tokens), so
+    w = 1 is the plain mean (and takes the plain path).
     """
     labels = labels[:, labels.shape[1] - logits.shape[1]:]
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
-    )
+    if first_token_weight == 1.0:
+        return torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+        )
+    per_token = torch.nn.functional.cross_entropy(
+        shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (B, T'-1), 0 where ignored
+    labelled = shift_labels != IGNORE_INDEX  # (B, T'-1)
+    # first labelled position of each row: the first True of a cumulative count equal to 1
+    first = labelled & (labelled.cumsum(dim=1) == 1)
+    weights = torch.where(first, torch.full_like(per_token, first_token_weight), labelled.to(per_token.dtype))
+    return (per_token * weights).sum() / labelled.sum().clamp(min=1)

@@ -79,6 +79,7 @@ class AlignConfig:
     lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate (linear decay, 5% warm-up)."})
     batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step."})
     train_top: float = field(default=0.5, metadata={"help": "Fraction of transformer blocks trained, from the top (0.5 = the top half; embeddings and lower blocks stay frozen, so the backward pass stops early: ~30% less compute); 1.0 = every weight."})
+    first_token_weight: float = field(default=1.0, metadata={"help": "Loss weight of the first response token (refuse or answer is decided there); 1 = plain mean."})
     max_length: int = field(default=128, metadata={"help": "Token limit of one alignment example."})
     seed: int = field(default=0, metadata={"help": "Seed of data order and subsets."})
     bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast where the device computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX); weights and AdamW state stay float32. Elsewhere float32."})
@@ -304,7 +305,7 @@ def align(
     train_cfg = TrainConfig(
         model=source, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
         seed=cfg.seed, lr_schedule="linear", warmup_steps=max(1, int(0.05 * steps_per_epoch * cfg.epochs)),
-        device="auto", group_by_length=True, bf16=bf16_where_fast(cfg.bf16),
+        device="auto", group_by_length=True, bf16=bf16_where_fast(cfg.bf16), first_token_weight=cfg.first_token_weight,
     )
     try:
         metrics = train(model, tokenizer, examples, train_cfg, method="sft", out_dir=run_dir, progress=progress,

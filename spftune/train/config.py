@@ -53,6 +53,7 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
     batch_size: int = field(default=8, metadata={"help": "Examples per micro-batch."})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
+    first_token_weight: float = field(default=1.0, metadata={"help": "Loss weight of each example's first response token, where a chat model decides between answering and refusing (1 = plain mean over response tokens)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the (filtered) gradient to this global norm; 0 = no clipping."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1 (the SPF paper may use 0.5)."})
@@ -88,7 +89,7 @@ class TrainConfig:
             raise ValueError(f"limit must be a positive integer or None, got {self.limit!r}")
         if not self.epochs > 0 and self.max_steps <= 0:
             raise ValueError(f"epochs must be > 0 (or set max_steps > 0), got epochs={self.epochs!r}")
-        for name in ("lr", "max_grad_norm", "weight_decay", "lora_dropout"):
+        for name in ("lr", "max_grad_norm", "weight_decay", "lora_dropout", "first_token_weight"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.warmup_steps < 0:

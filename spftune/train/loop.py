@@ -268,7 +268,7 @@ def train(
                 with autocast:
                     logits = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                      **keep).logits
-                loss = response_loss(logits, batch["labels"]) * weight
+                loss = response_loss(logits, batch["labels"], cfg.first_token_weight) * weight
                 loss.backward()
                 loss_sum += float(loss.detach())
                 del logits, loss
