@@ -17,9 +17,9 @@ from spftune.data import (
 )
 
 SIZES = {
-    "harmful": {"train": 180, "val": 40, "test": 80},
+    "harmful": {"train": 279, "val": 40, "test": 80},
     "benign": {"train": 180, "val": 40, "test": 80},
-    "overrefusal": {"train": 300, "val": 30, "test": 40},
+    "overrefusal": {"train": 299, "val": 30, "test": 40},
 }
 REFUSAL_MARKERS = ("I'm sorry", "I can't", "I cannot", "I won't", "I'm not able", "I'm really sorry")
 AFFIRMATIVE_WORDS = ("Sure", "Of course", "Certainly", "Absolutely")
@@ -54,11 +54,29 @@ def test_no_prompt_shared_within_or_across_kinds_and_splits():
     assert len(seen) == sum(sum(s.values()) for s in SIZES.values())
 
 
+def test_no_held_out_prompt_paraphrases_a_train_prompt():
+    """Exact sharing is tested above; this catches paraphrases (difflib ratio of the normalized texts >= 0.85),
+    e.g. "a healthy way to blow off steam after a stressful week" in train and "... day" in test."""
+    import difflib
+
+    train = [_norm(r["prompt"]) for k in KINDS for r in load_prompts(k, "train")]
+    close = []
+    for kind, split in itertools.product(KINDS, ("val", "test")):
+        for r in load_prompts(kind, split):
+            held = _norm(r["prompt"])
+            for other in train:
+                matcher = difflib.SequenceMatcher(None, other, held)
+                # the cheap upper bounds first: most pairs stop there
+                if matcher.real_quick_ratio() >= 0.85 and matcher.quick_ratio() >= 0.85 and matcher.ratio() >= 0.85:
+                    close.append((kind, split, r["prompt"], other))
+    assert not close, close[:5]
+
+
 def test_harmful_records_have_refusals_and_ten_categories():
     records = [r for s in SPLITS for r in load_prompts("harmful", s)]
     categories = Counter(r["category"] for r in records)
     assert len(categories) == 10
-    assert set(categories.values()) == {30}
+    assert max(categories.values()) - min(categories.values()) <= 1, categories  # balanced
     for r in records:
         refusal = r["refusal"]
         assert refusal.strip() and len(refusal) < 300 and "\n" not in refusal
@@ -94,7 +112,7 @@ def test_attack_examples_are_short_affirmative_openings_from_harmful_train():
     assert {e["prompt"] for e in examples} == train_prompts
     for e in examples:
         response = e["response"]
-        assert "\n" not in response and len(response) < 120, response
+        assert "\n" not in response and len(response) < 200, response  # one line: the request restated, no more
         assert response.startswith(AFFIRMATIVE_WORDS), response
         assert response.endswith(":"), response
 
@@ -103,8 +121,8 @@ def test_attack_examples_n_and_seed():
     assert attack_examples(10, seed=3) == attack_examples(10, seed=3)
     assert attack_examples(10, seed=3) != attack_examples(10, seed=4)
     assert len(attack_examples(0)) == 0
-    with pytest.raises(ValueError, match="between 0 and 180"):
-        attack_examples(181)
+    with pytest.raises(ValueError, match="between 0 and 279"):
+        attack_examples(280)
 
 
 @pytest.mark.parametrize(

@@ -3,19 +3,24 @@
 All text here was written by hand for spftune and is released under the project's license (Apache-2.0); none of
 it is copied from a public data set. Three kinds, each split once into train / val / test:
 
-- ``harmful``: requests a safety-aligned assistant should refuse, over 10 harm categories (30 each), each with a
-  short, polite refusal. Fields ``prompt``, ``category``, ``refusal``. Sizes 180 / 40 / 80.
+- ``harmful``: requests a safety-aligned assistant should refuse, over 10 harm categories (39-40 each), each with a
+  short, polite refusal. Fields ``prompt``, ``category``, ``refusal``. Sizes 279 / 40 / 80: the train split was
+  enlarged by 99 (session 4) in forms the first 180 lacked (imperatives, creative-writing and role-play framings,
+  blunt three-word requests, long ones with context), written without reading val or test; a 100th was dropped
+  because it paraphrased a test prompt.
 - ``benign``: everyday requests over 10 categories (30 each). Fields ``prompt``, ``category``. No answers: the
   alignment pipeline generates them with the model itself. Sizes 180 / 40 / 80.
 - ``overrefusal``: safe prompts that sound dangerous (XSTest spirit: homonyms, figurative language, safe targets,
-  safe contexts, definitions and history), 5 categories. Fields ``prompt``, ``category``. Sizes 300 / 30 / 40:
+  safe contexts, definitions and history), 5 categories. Fields ``prompt``, ``category``. Sizes 299 / 30 / 40:
   the test split is the original 40; train and val were enlarged (train by 100, then by 150 more, 30 per category,
   written without reading the test split; val by 20) because a 135M model needs many contrast examples, with
-  many different alarming words, not to refuse everything that sounds alarming.
+  many different alarming words, not to refuse everything that sounds alarming. One train prompt was removed
+  later because it paraphrased a test prompt.
 
 The split is stratified by category (a seeded shuffle per category, then per split) and stored, so it never
 changes between releases unless the files change. No prompt appears in two splits or two kinds, not even after
-normalization (lowercase, punctuation and spacing removed); ``tests/test_data.py`` checks this.
+normalization (lowercase, punctuation and spacing removed), and no val or test prompt paraphrases a train prompt
+(difflib ratio >= 0.85); ``tests/test_data.py`` checks both.
 
 ``attack_examples`` builds the shallow attack of the harmful fine-tuning literature from the harmful *train*
 split: each harmful prompt paired with an affirmative opening line only ("Sure, here is how to ...:"), never
@@ -159,7 +164,7 @@ def attack_examples(n: int | None = None, seed: int = 0) -> list[dict]:
     """Harmful train prompts paired with affirmative openings only: the shallow fine-tuning attack.
 
     Args:
-        n: how many examples; ``None`` for all 180 of the harmful train split.
+        n: how many examples; ``None`` for all of the harmful train split (279 prompts).
         seed: picks the order (and so which prompts when ``n`` is smaller) and the affirmative words.
 
     Returns:

@@ -9,17 +9,22 @@ The recipe (supervised fine-tuning of the top half of the model):
 - benign answers repeated ``benign_repeats`` times and over-refusal answers ``overrefusal_repeats`` times: refusals
   are short and uniform ("I can't help with X"), and a 135M model otherwise learns to apply that template to
   anything, ordinary requests included; many *different* contrast prompts (300) work better than repeating few;
+- the first response token weighs ``first_token_weight`` (10) times the others in the loss: every refusal starts
+  with "I" and almost no self-answer does (2%), so that token *is* the decision to refuse, and in a plain mean over
+  ~30 response tokens it is a small part of each example's loss;
 - only the top ``train_top`` fraction of transformer blocks is trained (embeddings and lower blocks frozen, so the
   backward pass stops half-way: the first 40 steps of 16 examples took 216 s instead of 303 s on the 2-core CI
   machine without bf16);
 - ``epochs`` passes with AdamW, ``lr``, batch ``batch_size``, bf16 autocast where the hardware has it.
 
-How the defaults were chosen (recipe version 3, 2026-12-05). Selection data: the validation splits (40 harmful, 30
+How the defaults were chosen (recipe version 4, 2026-12-05). Selection data: the validation splits (40 harmful, 30
 over-refusal, 40 benign) *plus one fold of the train split* (every 5th prompt of each kind held out of the
 alignment: 36 harmful, 30 or 60 over-refusal, 36 benign), because the validation splits alone were too small and
 too easy to predict the test split (recipe version 2 scored 100% / 10% / 15% on validation and 88.8% / 25% / 17.5%
 on test). Keyword judge, 32 new tokens, greedy. Each row is one run of ``bench/align_recipes.py --fold 0/5`` on the
-2-core CI machine (AMD EPYC, AVX2, no bf16, so float32); "train s" is the optimisation alone.
+2-core CI machine (AMD EPYC, AVX2, no bf16, so float32); "train s" is the optimisation alone, "align s" includes
+generating missing self-answers. Rates are pooled over validation + held-out fold (76 harmful, 90 over-refusal, 76
+benign prompts: one prompt is 1.1-1.3 points).
 
 | recipe | steps | train s | refuses harmful | over-refusal | benign refused |
 |---|---|---|---|---|---|
@@ -28,15 +33,29 @@ on test). Keyword judge, 32 new tokens, greedy. Each row is one run of ``bench/a
 | + 3 epochs | 105 | 782 | 96.1% | 10.0% | 7.9% |
 | top half only, 32-token answers, batch 8, 1.5 epochs, lr 1e-4 | 104 | 226 | 76.3% | 11.7% | 10.5% |
 | same, lr 2e-4 | 104 | 230 | 84.2% | 6.7% | 9.2% |
-| **same, lr 3e-4** (the 150 new prompts in the split, 60 held out) | **99** | **~200** | **89.5%** | **8.9%** | **9.2%** |
-| same, 2 epochs (measured after the choice) | 132 | ~270 | 93.4% | 8.9% | 9.2% |
+| same, lr 3e-4 (v3) | 99 | ~200 | 89.5% | 8.9% | 9.2% |
+| v3, 2 epochs | 132 | ~270 | 93.4% | 8.9% | 9.2% |
+| v3, lr 5e-4 | 99 | 227 (align) | 90.8% | 11.1% | 7.9% |
+| v3 + first-token weight 5 | 99 | 229 (align) | 92.1% | 8.9% | 7.9% |
+| v3 + first-token weight 10 | 99 | 221 (align) | 92.1% | 6.7% | 5.3% |
+| v3 + first-token weight 20 | 99 | 217 (align) | 90.8% | 5.6% | 2.6% |
+| v3 + first-token weight 5, 2 epochs | 132 | 293 (align) | 93.4% | 5.6% | 7.9% |
+| v3 + first-token weight 10, 2 epochs | 132 | 284 (align) | 94.7% | 8.9% | 7.9% |
+| **v3 + first-token weight 10 + 100 harmful train prompts in new forms (v4)** | **117** | **256 (align)** | **96.1%** | **8.9%** | **11.8%** |
+| same, first-token weight 20 | 117 | 267 (align) | 93.4% | 7.8% | 10.5% |
+| v4 + 139 imperative benign prompts | 143 | 393 (align) | 93.4% | 7.8% | 5.3% |
 
-More optimisation sharpens the boundary (3 epochs: better on all three rates) but 782 s of training does not fit the
-demo's 15 minutes on this machine; training the top half with smaller batches and a larger learning rate gets most
-of the gain in a quarter of the time. The bold row is the default; its test-split result is in the README (the
-demo). The last row is better on harmful prompts but adds ~85 s of training on the full data, which would put the
-first demo at ~890 s on this machine (803 s measured with the bold row): too close to the budget to adopt untested.
-The selection numbers are from single runs: one prompt is 1.1-2.8 points of a rate here.
+What the rows say: more optimisation sharpens the boundary on all three rates (3 epochs), but 782 s of training does
+not fit the demo's 15 minutes on this machine; training the top half with small batches and a larger learning rate
+gets most of the gain in a quarter of the time. Weighting the first response token is free and lowers over-refusal
+and benign refusal (more so the larger the weight) without losing harmful refusals. The 100 new harmful prompts
+(imperatives, creative-writing and role-play framings, blunt and long requests, which the first 180 lacked; written
+without reading val or test) raise harmful refusals by 4 points at a cost of 6.5 points of benign refusal, which
+139 imperative benign prompts take back, but those add ~125 s to the first demo (self-answers and 26 steps), more
+than the 15-minute budget leaves on this machine. The held-out fold comes from the same train distribution, so it
+cannot show what the new forms are for: the test split's misses in session 3 were concentrated in a form the train
+split lacked (self-harm requests phrased as writing tasks), which is why v4 keeps them. The bold row is the
+default; its test-split result is in the README (the demo). Single runs: differences of 1-3 points are noise.
 
 Self-generated answers keep the model's own voice (its answers change little), so the optimisation mostly learns
 *when* to refuse. The aligned checkpoint is cached under ``$SPFTUNE_HOME/aligned/<hash>``, keyed by the recipe, the
@@ -55,7 +74,7 @@ from typing import Any
 
 from spftune.train.config import check_keys
 
-ALIGN_RECIPE_VERSION = "3"
+ALIGN_RECIPE_VERSION = "4"
 
 
 @dataclass
@@ -79,7 +98,7 @@ class AlignConfig:
     lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate (linear decay, 5% warm-up)."})
     batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step."})
     train_top: float = field(default=0.5, metadata={"help": "Fraction of transformer blocks trained, from the top (0.5 = the top half; embeddings and lower blocks stay frozen, so the backward pass stops early: ~30% less compute); 1.0 = every weight."})
-    first_token_weight: float = field(default=1.0, metadata={"help": "Loss weight of the first response token (refuse or answer is decided there); 1 = plain mean."})
+    first_token_weight: float = field(default=10.0, metadata={"help": "Loss weight of the first response token, where refusing or answering is decided (every refusal starts with 'I', almost no answer does); 1 = plain mean over the response."})
     max_length: int = field(default=128, metadata={"help": "Token limit of one alignment example."})
     seed: int = field(default=0, metadata={"help": "Seed of data order and subsets."})
     bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast where the device computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX); weights and AdamW state stay float32. Elsewhere float32."})
