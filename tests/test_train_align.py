@@ -55,6 +55,8 @@ def test_align_config_rejects_bad_values():
         AlignConfig(refusals=-2)
     with pytest.raises(ValueError, match="unknown option"):
         AlignConfig.from_dict({"refusal": 3})
+    with pytest.raises(ValueError, match="first_token_weight must be a number >= 0, got -1"):
+        AlignConfig(first_token_weight=-1)
 
 
 def test_train_top_trains_only_the_top_blocks_and_restores_flags(tiny_dir):

@@ -116,6 +116,9 @@ class AlignConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not self.epochs > 0 or not self.lr > 0:
             raise ValueError(f"epochs and lr must be > 0, got epochs={self.epochs!r}, lr={self.lr!r}")
+        if isinstance(self.first_token_weight, bool) or not isinstance(self.first_token_weight, (int, float)) \
+                or not self.first_token_weight >= 0:
+            raise ValueError(f"first_token_weight must be a number >= 0, got {self.first_token_weight!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AlignConfig:
