@@ -49,8 +49,8 @@ RUNS = [
     ("spf-update", True, {}),
     ("mix", False, {"fraction": "0.25"}),
     ("spf+mix", False, {"fraction": "0.25"}),
-    ("safegrad", False, {"n_examples": "2", "max_length": "96"}),
-    ("safegrad", True, {"n_examples": "2", "max_length": "96"}),
+    ("safegrad", False, {"n_examples": "2", "max_length": "256"}),
+    ("safegrad", True, {"n_examples": "2", "max_length": "256"}),
     ("safelora", True, {}),
 ]
 
@@ -86,7 +86,7 @@ def test_method_runs_two_steps_in_the_loop_and_changes_the_weights(name, lora, o
 def test_safegrad_leaves_a_non_conflicting_gradient_bit_identical_and_removes_a_conflict():
     tok = make_tokenizer()
     model = make_model(seed=0)
-    method = make_method("safegrad", n_examples="2", max_length="96")
+    method = make_method("safegrad", n_examples="2", max_length="256")
     method.setup(model, tok)
     g_a = {n: t.clone() for n, t in method.refresh(model).items()}
 

@@ -139,7 +139,7 @@ def as_demo(item: Any, where: str) -> Demo:
 
 
 def default_safety_examples() -> list[Demo]:
-    """The harmful train split: 180 prompts over 10 categories, each with its refusal."""
+    """The harmful train split: 279 prompts over 10 categories, each with its refusal."""
     from spftune.data import load_prompts
 
     return [Demo(r["prompt"], r["refusal"], category=r["category"]) for r in load_prompts("harmful", "train")]

@@ -1,6 +1,6 @@
 """Refusal examples for the baselines that need safety data: harmful *train* prompts paired with written refusals.
 
-They come from the project's own prompt sets (:func:`spftune.data.load_prompts`, 180 train prompts over 10 harm
+They come from the project's own prompt sets (:func:`spftune.data.load_prompts`, 279 train prompts over 10 harm
 categories); evaluation uses the *test* split, so no refused training prompt is ever scored.
 """
 
