@@ -68,7 +68,7 @@ class DemoConfig:
     out: str | None = field(default=None, metadata={"help": "Run directory (default: runs/demo-<timestamp>)."})
     quick: bool = field(default=False, metadata={"help": "A small version for smoke tests (~3 min); numbers are not meaningful."})
     model: str | None = field(default=None, metadata={"help": "Model to align and fine-tune (default: the embedded SmolLM2-135M-Instruct)."})
-    task_examples: int = field(default=160, metadata={"help": "Fine-tuning examples in all; --harmful-fraction of them are replaced by attack examples."})
+    task_examples: int = field(default=128, metadata={"help": "Fine-tuning examples in all; --harmful-fraction of them are replaced by attack examples."})
     harmful_fraction: float = field(default=0.2, metadata={"help": "Share of attack examples in the fine-tuning mix, in [0, 1]."})
     attack_data: str | None = field(default=None, metadata={"help": "Attack examples file (default: the built-in shallow attack)."})
     methods: list[str] = field(default_factory=lambda: ["sft", "spf"], metadata={"help": "Methods to fine-tune with, each from the aligned model."})
