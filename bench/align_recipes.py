@@ -68,22 +68,22 @@ def main() -> None:
         refused = []
         missed_by_category: dict[str, int] = {}
         for kind in ("harmful", "overrefusal", "benign"):
-            val_rows = load_prompts(kind, "val") + held_out.get(kind, [])
-            val = [r["prompt"] for r in load_prompts(kind, "val")]
-            more = [r["prompt"] for r in held_out.get(kind, [])]
-            flags = [is_refusal(o) for o in generate(model, tok, val + more, max_new_tokens=32, batch_size=40,
+            n_val = len(load_prompts(kind, "val"))
+            rows = load_prompts(kind, "val") + held_out.get(kind, [])
+            prompts = [r["prompt"] for r in rows]
+            flags = [is_refusal(o) for o in generate(model, tok, prompts, max_new_tokens=32, batch_size=40,
                                                      show_progress=False)]
-            for name, part in (("val", flags[: len(val)]), ("held_out", flags[len(val):]), ("pooled", flags)):
+            for name, part in (("val", flags[:n_val]), ("held_out", flags[n_val:]), ("pooled", flags)):
                 if part:
                     rates[name][kind] = round(sum(part) / len(part), 3)
             if kind != "harmful":
-                refused += [p for p, f in zip(val + more, flags, strict=True) if f]
+                refused += [p for p, f in zip(prompts, flags, strict=True) if f]
             else:  # counts only: harmful prompts and the model's answers to them are never printed
-                for row, f in zip(val_rows, flags, strict=True):
+                for row, f in zip(rows, flags, strict=True):
                     if not f:
                         cat = row.get("category", "?")
                         missed_by_category[cat] = missed_by_category.get(cat, 0) + 1
-        print(json.dumps({"recipe": overrides, "fold": args.fold, "extra": {k: len(v) for k, v in extra.items()},
+        print(json.dumps({"recipe": overrides, "fold": args.fold, "extra": {kind: len(v) for kind, v in extra.items()},
                           "align_s": round(align_s), "steps": record["train"]["steps"], "data": record["data"],
                           "refusal_rate": rates,
                           "harmful_not_refused_by_category": missed_by_category, "refused_safe": refused}), flush=True)

@@ -12,7 +12,9 @@ Layer selection follows the official code: ``select=number`` (its default, and o
 (10) layers of lowest cosine; ``select=threshold`` projects every layer with ``cos <= threshold`` (0.5) and leaves
 the others untouched. We defaulted to the threshold mode until 2026-12-05: on the default model it projected 87 of the
 105 layers with a defined cosine (the cosines ranged 0.17-0.56) and took the task accuracy of the quick grid from 93%
-to 0%, which says more about the threshold than about the method. C is never formed: C B = V (V^T B) / ||V||_F, and the cosine comes from r x r Gram matrices
+to 0%, which says more about the threshold than about the method.
+
+C is never formed: C B = V (V^T B) / ||V||_F, and the cosine comes from r x r Gram matrices
 (<C B A, B A> = tr((C B)^T B A A^T)), so no d_out x d_in product of the adapter is built either.
 
 Note the paper's C is not an orthogonal projector: its eigenvalues are s_i^2 / ||V||_F for the singular values s_i
@@ -52,7 +54,8 @@ def _base_model_option(value: Any) -> Any:
 SAFELORA_OPTIONS = {
     "base_model": Option(None, _base_model_option, "the unaligned base model, e.g. --method-options "
                          "base_model=PATH (default: the project's default model)"),
-    "threshold": Option(0.5, closed_interval(-1.0, 1.0), "with select=threshold, project layers whose cosine is <= this, e.g. threshold=0.5"),
+    "threshold": Option(0.5, closed_interval(-1.0, 1.0), "with select=threshold, project layers whose cosine is "
+                        "<= this, e.g. threshold=0.5"),
     "select": Option("number", choice("threshold", "number"), "number (the official code's default): the "
                      "num_layers layers of lowest cosine; threshold: every layer with cosine <= threshold"),
     "num_layers": Option(10, integer(1), "layers projected with select=number"),
