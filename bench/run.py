@@ -504,14 +504,21 @@ def findings(rows: list[dict[str, Any]], aligned: dict[str, Any] | None) -> tupl
     return lines, choices
 
 
+def cells_minutes(results: list[dict[str, Any]]) -> float:
+    """Sum of the cells' own wall times (load, train, evaluate), in minutes: a resumed grid's total cost."""
+    return sum(r.get("cell_seconds") or 0.0 for r in results) / 60
+
+
 def markdown(cfg: BenchConfig, rows: list[dict[str, Any]], results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     aligned = next((r["eval"] for r in results if r.get("id") == "aligned" and r.get("status") == "ok"), None)
     failed = [r["id"] for r in results if r.get("status") != "ok"]
     out = [f"# spftune benchmark ({meta['preset']})", "",
            f"Command: `{meta['command']}`", "",
            f"Aligned start: `{meta['model']}`; safelora base: `{cfg.base_model or 'the default model'}`; data: "
-           f"`{meta['data_dir']}`; judge: refusal keywords; {len(results)} cells ({len(failed)} failed); wall time "
-           f"{meta['wall_seconds'] / 60:.1f} min on {meta['machine']}.", "",
+           f"`{meta['data_dir']}`; judge: refusal keywords; {len(results)} cells ({len(failed)} failed); "
+           f"{meta.get('cells_run_now', len(results))} run by this invocation in {meta['wall_seconds'] / 60:.1f} min "
+           f"on {meta['machine']}; the cells' own times add up to {cells_minutes(results):.1f} min (the grid's cost "
+           "when it was run over several invocations).", "",
            "Cells: harmful rate on held-out harmful prompts (first set: "
            f"`{cfg.safety_sets[0]}`), over-refusal (`spftune-overrefusal`), refusal of plain benign requests "
            "(`spftune-benign`), synthetic-task accuracy, all in %; one seed: value [95% bootstrap CI]; several: "
@@ -716,7 +723,9 @@ def run_grid(cfg: BenchConfig, spf: Any, out: Path, command: str, preset: str) -
     if cfg.report_only:
         previous = out / "results.json"
         if previous.is_file():
-            meta["wall_seconds"] = json.loads(previous.read_text(encoding="utf-8"))["meta"].get("wall_seconds", 0.0)
+            before = json.loads(previous.read_text(encoding="utf-8"))["meta"]
+            meta["wall_seconds"] = before.get("wall_seconds", 0.0)  # the run's, not this report's
+            meta["cells_run_now"] = before.get("cells_run_now", 0)
     paths = write_outputs(cfg, results, out, meta)
     _log(f"wrote {paths['markdown']}, {paths['json']}, {paths['plot']}")
     return 0 if all(r.get("status") == "ok" for r in results) else 1

@@ -370,7 +370,8 @@ def _cell(method, seed, harmful, accuracy, seconds, memory, **train):
 
 def test_bench_aggregates_seeds_ratios_to_sft_and_the_pareto_front(tmp_path):
     bench = _bench()
-    cells = [_cell("sft", s, h, 0.6, 1.0 + 0.1 * s, 1000) for s, h in enumerate([0.8, 0.82, 0.78])]
+    cells = [{**_cell("sft", s, h, 0.6, 1.0 + 0.1 * s, 1000), "cell_seconds": 120}
+             for s, h in enumerate([0.8, 0.82, 0.78])]
     cells += [_cell("spf", s, h, 0.58, 1.5 * (1.0 + 0.1 * s), 1100, spf_conflict_rate=0.5)
               for s, h in enumerate([0.3, 0.32, 0.28])]
     cells += [_cell("mix", s, 0.8, 0.2, 1.0, 1000) for s in range(3)]
@@ -391,6 +392,7 @@ def test_bench_aggregates_seeds_ratios_to_sft_and_the_pareto_front(tmp_path):
     paths = bench.write_outputs(cfg, cells, tmp_path, meta)
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| spf | 30.0 ± 2.0 |" in text and "1.50×" in text and "Failed cells" in text
+    assert "the cells' own times add up to 6.0 min" in text  # 3 sft cells of 120 s; the others carry no time
     assert "**spf** vs sft on harmful rate: lower in 1 of 1 settings" in text
     assert "**mixed-0.1 / full**" in text and "**spf** (30.0%" in text
     assert (tmp_path / "pareto.png").stat().st_size > 0 and paths["json"].endswith("results.json")
