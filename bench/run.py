@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py --quick --model ALIGNED_CHECKPOINT        # 11.4 min on 2 idle AVX2 cores (measured)
     .venv/bin/python bench/run.py --full  --model ALIGNED_CHECKPOINT        # the whole grid (see below)
     .venv/bin/python bench/run.py --quick --dry-run                         # print the grid, train nothing
+    .venv/bin/python bench/run.py --full --dry-run --calibrate runs/bench-quick   # + its time, from measured cells
     .venv/bin/python bench/run.py --full --methods sft spf --scenarios deep --modes lora --seeds 0 1 2
 
 Without ``--model`` the default recipe of ``spftune align`` is run first (cached after the first run). ``--data-dir``
@@ -123,10 +124,11 @@ class BenchConfig:
     force: bool = field(default=False, metadata={"help": "Recompute cells that already have a result."})
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep every cell's fine-tuned checkpoint (large)."})
     dry_run: bool = field(default=False, metadata={"help": "Print the grid and its step counts; train nothing."})
+    calibrate: list[str] = field(default_factory=list, metadata={"help": "With --dry-run: estimate the grid's time from the cells of these earlier --out folders."})
     report_only: bool = field(default=False, metadata={"help": "Rebuild results.json, BENCHMARKS.md and pareto.png from existing cells."})
 
     def __post_init__(self) -> None:
-        for name in ("methods", "scenarios", "modes", "safety_sets", "method_options"):
+        for name in ("methods", "scenarios", "modes", "safety_sets", "method_options", "calibrate"):
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, [v for v in value.replace(",", " ").split() if v])
@@ -656,6 +658,85 @@ def step_count(spec: dict[str, Any]) -> int:
     return max(1, math.ceil(spec["train"]["epochs"] * math.ceil(n / spec["train"]["batch_size"])))
 
 
+def eval_prompts(spec: dict[str, Any]) -> int:
+    """Prompts one cell generates for: each safety and over-refusal set at the limit, plus the task items."""
+    from spftune.eval import LoadContext, get_task
+
+    ev, ctx = spec["eval"], LoadContext.create(spec["data_dir"], False)
+    sets = [(n, "safety") for n in ev["safety"]] + [(n, "overrefusal") for n in ev["overrefusal"]]
+    n = sum(len(get_task(name, kind).load(limit=ev["limit"], seed=0, context=ctx)) for name, kind in sets)
+    return n + len(get_task(HOUSE_TASK, "utility").load(limit=ev["task_eval"], seed=0, context=ctx))
+
+
+def _measured_prompts(result: dict[str, Any]) -> int:
+    ev = result["eval"]
+    return (sum(s["n"] for s in ev.get("safety_sets", {}).values()) + ev.get("over_refusal_n", 0)
+            + ev.get("benign_refusal_n", 0) + ev.get("task_n", 0))
+
+
+def _family(method: str) -> str:
+    return "spf" if method.startswith("spf") else "sft"
+
+
+def estimate_seconds(specs: list[dict[str, Any]], steps: dict[str, int],
+                     measured: list[dict[str, Any]]) -> tuple[float, list[str]]:
+    """Estimated seconds of the planned cells, from cells measured earlier (``results.json`` cells of any grid).
+
+    Per cell: steps x seconds per step + evaluation prompts x seconds per prompt + the rest (load, save), with
+
+        seconds per step (data, mode, method) = sft's (data, mode) x the method's ratio to sft in that mode
+
+    where data is pure_bad or task examples (pure_bad ones are longer). sft's seconds per step on data not measured
+    in a mode are scaled from the other data by the ratio measured in the other mode; a method's ratio is the
+    median over the data it was measured on, and an unmeasured method takes its family's (``spf-*`` and
+    ``spf+mix``: spf's; others: 1). Returns the total and every assumption made, one line each.
+    """
+    ok = [r for r in measured if r.get("status") == "ok"]
+    train = [r for r in ok if r.get("kind") == "train" and r["train"].get("seconds_per_step")]
+    if not train:
+        raise ValueError("no finished training cell to calibrate from; run e.g. `bench/run.py --quick` first")
+    data = lambda scenario: "pure-bad" if scenario == "pure-bad" else "task"  # noqa: E731
+    sps: dict[tuple[str, str, str], list[float]] = {}
+    for r in train:
+        sps.setdefault((data(r["scenario"]), r["mode"], r["method"]), []).append(r["train"]["seconds_per_step"])
+    med = {k: statistics.median(v) for k, v in sps.items()}
+    per_prompt = statistics.median(r["eval"]["eval_seconds"] / _measured_prompts(r) for r in ok)
+    rest = statistics.median(r["cell_seconds"] - r["eval"]["eval_seconds"] - r.get("train_wall_seconds", 0.0)
+                             for r in ok if r.get("cell_seconds"))
+    notes: set[str] = set()
+
+    def sft_seconds(d: str, mode: str) -> float:
+        if (d, mode, "sft") in med:
+            return med[(d, mode, "sft")]
+        other = "task" if d == "pure-bad" else "pure-bad"
+        for m2 in MODES:
+            if (other, mode, "sft") in med and (d, m2, "sft") in med and (other, m2, "sft") in med:
+                notes.add(f"sft ({mode}, {d} data) not measured: scaled from {other} data as in {m2} mode")
+                return med[(other, mode, "sft")] * med[(d, m2, "sft")] / med[(other, m2, "sft")]
+        raise ValueError(f"no measured sft cell in {mode} mode to calibrate from; measure one first")
+
+    def ratio(mode: str, method: str) -> float:
+        for m in dict.fromkeys((method, _family(method))):
+            values = [med[k] / med[(k[0], mode, "sft")] for k in med
+                      if k[1:] == (mode, m) and (k[0], mode, "sft") in med]
+            if values:
+                if m != method:
+                    notes.add(f"{method} ({mode}) not measured: taken as {m}")
+                return statistics.median(values)
+        notes.add(f"{method} ({mode}) not measured: taken as costing what sft costs")
+        return 1.0
+
+    prompts = eval_prompts(specs[0])  # every cell evaluates the same sets
+    total = 0.0
+    for s in specs:
+        total += prompts * per_prompt + rest
+        if s["kind"] == "train":
+            total += steps[s["id"]] * sft_seconds(data(s["scenario"]), s["mode"]) * ratio(s["mode"], s["method"])
+    notes.add(f"evaluation: {prompts} prompts per cell at {per_prompt:.3f} s each (measured median); "
+              f"{rest:.0f} s per cell to load and save")
+    return total, sorted(notes)
+
+
 def run_grid(cfg: BenchConfig, spf: Any, out: Path, command: str, preset: str) -> int:
     t_start = time.perf_counter()
     cells = plan(cfg)
@@ -668,6 +749,18 @@ def run_grid(cfg: BenchConfig, spf: Any, out: Path, command: str, preset: str) -
         for s in specs:
             print(f"{s['id']:60s} {steps.get(s['id'], 0):5d} steps" if s["kind"] == "train" else f"{s['id']:60s}  eval only")
         print(f"{len(specs)} cells, {sum(steps.values())} optimizer steps in all")
+        if cfg.calibrate:
+            measured = []
+            for path in cfg.calibrate:
+                file = Path(path).expanduser() / "results.json"
+                if not file.is_file():
+                    raise FileNotFoundError(f"--calibrate {path}: no results.json there; give a finished --out folder")
+                measured += json.loads(file.read_text(encoding="utf-8"))["cells"]
+            seconds, notes = estimate_seconds(specs, steps, measured)
+            amount = f"{seconds / 3600:.1f} h" if seconds >= 7200 else f"{seconds / 60:.0f} min"
+            print(f"estimated {amount} on the machine that measured {', '.join(cfg.calibrate)}:")
+            for line in notes:
+                print(f"  - {line}")
         return 0
     if cfg.report_only:
         model = cfg.model or "<aligned>"

@@ -12,6 +12,7 @@ from tiny_models import make_model, make_tokenizer
 import spftune.baselines  # noqa: F401  (registers the baselines)
 from spftune.baselines import alignment_projection, safety_count
 from spftune.baselines.safelora import base_weight_key, lora_layers
+from spftune.core import SPFConfig
 from spftune.core.capture import capture_gradients
 from spftune.core.filter import build_safety_batch
 from spftune.data import load_prompts
@@ -127,8 +128,6 @@ def test_spf_leaves_a_non_conflicting_gradient_bit_identical(name):
 
 
 def test_spf_presets_set_their_field_and_keep_the_rest():
-    from spftune.core import SPFConfig
-
     base = SPFConfig(rank=7)
     assert make_method("spf-conflict-only", spf_config=base).config.removal == "conflict_only"
     per_tensor = make_method("spf-per-tensor", spf_config=base)
@@ -409,6 +408,27 @@ def test_bench_quick_and_full_grids():
     assert not any(c.get("method") == "safelora" and c["mode"] == "full" for c in cells)
     with pytest.raises(ValueError, match="unknown scenario"):
         bench.BenchConfig(scenarios=["mixed-0.3"])
+
+
+def test_bench_estimates_a_grid_from_measured_cells(tmp_path):
+    bench = _bench()
+    cfg = bench.BenchConfig(methods=["sft", "spf", "spf-update"], scenarios=["benign"], eval_limit=4, task_eval=3)
+    specs = [bench.cell_spec(cfg, SPFConfig(), c, "m", None, tmp_path) for c in bench.plan(cfg)]
+    steps = {s["id"]: bench.step_count(s) for s in specs if s["kind"] == "train"}
+    assert set(steps.values()) == {20}  # 160 task examples, batch 8, 1 epoch
+    ev = {"eval_seconds": 10.0, "over_refusal_n": 20, "benign_refusal_n": 10, "task_n": 10,
+          "safety_sets": {"spftune-harmful": {"n": 10}}}  # 50 prompts: 0.2 s each
+    measured = []
+    for method, sps in (("sft", 2.0), ("spf", 3.0)):
+        cell = _cell(method, 0, 0.5, 0.5, sps, 1000)
+        cell["eval"].update(ev)
+        measured.append({**cell, "train_wall_seconds": 40 * sps, "cell_seconds": 40 * sps + 10.0 + 5.0})
+    seconds, notes = bench.estimate_seconds(specs, steps, measured)
+    # 4 cells x (15 prompts x 0.2 s + 5 s) + 20 steps x 2 s x (sft 1 + spf 1.5 + spf-update taken as spf 1.5)
+    assert seconds == pytest.approx(4 * (15 * 0.2 + 5) + 20 * 2.0 * 4.0)
+    assert "spf-update (full) not measured: taken as spf" in notes
+    with pytest.raises(ValueError, match="no finished training cell"):
+        bench.estimate_seconds(specs, steps, [])
 
 
 @pytest.mark.slow
