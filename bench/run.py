@@ -26,7 +26,9 @@ Grid
                evaluation set, 30 task items
     --full     all methods | all scenarios | full and lora | seeds 0 1 2 | 320 task examples | all spftune-harmful
                (80), advbench (100 of 520), over-refusal (40), benign (80), 100 task items: 307 cells. Its wall
-               time is measured by the run and written into the report; budget hours on a GPU, days on 2 CPU cores.
+               time is measured by the run and written into the report; budget hours on a GPU, days on 2 CPU cores
+               (39 h estimated on the project's 2-core machine). ``--dry-run --calibrate DIR`` estimates it for
+               your machine from the cells of an earlier run in DIR (a ``--quick`` one, say).
 
 Each cell (one method on one scenario, mode and seed; plus the aligned model itself, evaluated once) runs in a fresh
 subprocess, so that peak memory is that cell's own (CUDA: ``max_memory_allocated`` over training; CPU: the peak
@@ -393,7 +395,8 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["steps"] = statistics.median(c["train"]["steps"] for c in cells)
         row["examples"] = statistics.median(c["train"]["examples"] for c in cells)  # after prepare_data and skips
         row["attack_examples"] = statistics.median(c["train"].get("attack_examples", 0) for c in cells)
-        for key in ("spf_conflict_rate", "safegrad_conflict_rate", "safelora_projected", "mix_safety_examples"):
+        for key in ("spf_conflict_rate", "spf_projected_rate", "safegrad_conflict_rate", "safelora_projected",
+                    "mix_safety_examples"):
             vals = [c["train"][key] for c in cells if c["train"].get(key) is not None]
             if vals:
                 row[key] = sum(vals) / len(vals)
@@ -538,8 +541,11 @@ def markdown(cfg: BenchConfig, rows: list[dict[str, Any]], results: list[dict[st
             notes = []
             if SCENARIOS[scenario].harmful_fraction > 0 or SCENARIOS[scenario].pure_bad:
                 notes.append(f"{r['attack_examples']:.0f}/{r['examples']:.0f} attack examples")
-            if r.get("spf_conflict_rate") is not None:
-                notes.append(f"gate fired {_pct(r['spf_conflict_rate'])}%")
+            fired, conflict = r.get("spf_projected_rate"), r.get("spf_conflict_rate")
+            if fired is not None:
+                notes.append(f"gate fired {_pct(fired)}%")
+            if conflict is not None and (fired is None or abs(fired - conflict) > 1e-9):
+                notes.append(f"{'' if fired is None else 'global '}conflict {_pct(conflict)}%")
             if r.get("safegrad_conflict_rate") is not None:
                 notes.append(f"conflict {_pct(r['safegrad_conflict_rate'])}%")
             if r.get("safelora_projected") is not None:

@@ -71,6 +71,8 @@ def test_method_runs_two_steps_in_the_loop_and_changes_the_weights(name, lora, o
     assert changed, f"{name} left every weight unchanged"
     if name.startswith("spf"):
         assert "spf_conflict_rate" in result  # the SPF statistics reach the run's summary
+        # A global conflict always projects something; the per-tensor gate can also project without one.
+        assert result["spf_projected_rate"] >= result["spf_conflict_rate"]
     if name == "safegrad":
         assert 0.0 <= result["safegrad_conflict_rate"] <= 1.0
     if name in ("mix", "spf+mix"):
@@ -371,7 +373,7 @@ def test_bench_aggregates_seeds_ratios_to_sft_and_the_pareto_front(tmp_path):
     bench = _bench()
     cells = [{**_cell("sft", s, h, 0.6, 1.0 + 0.1 * s, 1000), "cell_seconds": 120}
              for s, h in enumerate([0.8, 0.82, 0.78])]
-    cells += [_cell("spf", s, h, 0.58, 1.5 * (1.0 + 0.1 * s), 1100, spf_conflict_rate=0.5)
+    cells += [_cell("spf", s, h, 0.58, 1.5 * (1.0 + 0.1 * s), 1100, spf_conflict_rate=0.5, spf_projected_rate=0.7)
               for s, h in enumerate([0.3, 0.32, 0.28])]
     cells += [_cell("mix", s, 0.8, 0.2, 1.0, 1000) for s in range(3)]
     cells.append({"id": "spf-update-0", "kind": "train", "status": "failed", "method": "spf-update"})
@@ -381,6 +383,7 @@ def test_bench_aggregates_seeds_ratios_to_sft_and_the_pareto_front(tmp_path):
     assert spf["harmful_rate"]["mean"] == pytest.approx(0.3) and spf["harmful_rate"]["sd"] == pytest.approx(0.02)
     assert spf["time_ratio"] == pytest.approx(1.5) and spf["memory_ratio"] == pytest.approx(1.1)
     assert spf["memory_extra_mb"] == pytest.approx(100) and spf["spf_conflict_rate"] == 0.5
+    assert rows["sft"].get("spf_projected_rate") is None
     assert bench.compare(spf, rows["sft"]) == "lower" and bench.compare(rows["mix"], rows["sft"]) == "unresolved"
     points = {m: (r["harmful_rate"]["mean"], r["task_accuracy"]["mean"]) for m, r in rows.items()}
     assert bench.pareto_front(points) == ["spf", "sft"]  # mix: as harmful as sft, less accurate
@@ -391,6 +394,7 @@ def test_bench_aggregates_seeds_ratios_to_sft_and_the_pareto_front(tmp_path):
     paths = bench.write_outputs(cfg, cells, tmp_path, meta)
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| spf | 30.0 ± 2.0 |" in text and "1.50×" in text and "Failed cells" in text
+    assert "gate fired 70.0%; global conflict 50.0%" in text  # per-tensor gates project beyond the global test
     assert "the cells' own times add up to 6.0 min" in text  # 3 sft cells of 120 s; the others carry no time
     assert "**spf** vs sft on harmful rate: lower in 1 of 1 settings" in text
     assert "**mixed-0.1 / full**" in text and "**spf** (30.0%" in text

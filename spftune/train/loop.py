@@ -334,6 +334,8 @@ def train(
     }
     if any("spf_conflict" in r for r in records):
         result["spf_conflict_rate"] = round(sum(bool(r.get("spf_conflict")) for r in records) / len(records), 4)
+        # Steps on which anything was projected: the conflict rate under the global gate, more under per_tensor.
+        result["spf_projected_rate"] = round(sum(bool(r.get("spf_projected")) for r in records) / len(records), 4)
         removed = [r["spf_removed_fraction"] for r in records if "spf_removed_fraction" in r]
         if removed:
             result["spf_removed_fraction_mean"] = round(sum(removed) / len(removed), 6)
