@@ -68,8 +68,9 @@ def main() -> None:
         refused = []
         missed_by_category: dict[str, int] = {}
         for kind in ("harmful", "overrefusal", "benign"):
-            n_val = len(load_prompts(kind, "val"))
-            rows = load_prompts(kind, "val") + held_out.get(kind, [])
+            val_rows = load_prompts(kind, "val")
+            n_val = len(val_rows)
+            rows = val_rows + held_out.get(kind, [])
             prompts = [r["prompt"] for r in rows]
             flags = [is_refusal(o) for o in generate(model, tok, prompts, max_new_tokens=32, batch_size=40,
                                                      show_progress=False)]
