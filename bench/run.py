@@ -28,7 +28,9 @@ Grid
                (80), advbench (100 of 520), over-refusal (40), benign (80), 100 task items: 307 cells. Its wall
                time is measured by the run and written into the report; budget hours on a GPU, days on 2 CPU cores
                (38 h estimated on the project's 2-core machine). ``--dry-run --calibrate DIR`` estimates it for
-               your machine from the cells of an earlier run in DIR (a ``--quick`` one, say).
+               your machine from the cells of an earlier run in DIR (a ``--quick`` one, say); cells already done
+               in ``--out`` are listed as reused and left out of the estimate, so it also says what a resumed grid
+               has left.
 
 Each cell (one method on one scenario, mode and seed; plus the aligned model itself, evaluated once) runs in a fresh
 subprocess, so that peak memory is that cell's own (CUDA: ``max_memory_allocated`` over training; CPU: the peak
@@ -735,7 +737,7 @@ def estimate_seconds(specs: list[dict[str, Any]], steps: dict[str, int],
         notes.add(f"{method} ({mode}) not measured: taken as costing what sft costs")
         return 1.0
 
-    prompts = eval_prompts(specs[0])  # every cell evaluates the same sets
+    prompts = eval_prompts(specs[0])  # every cell evaluates the same sets (specs: the cells still to run)
     total = 0.0
     for s in specs:
         total += prompts * per_prompt + rest
@@ -755,9 +757,17 @@ def run_grid(cfg: BenchConfig, spf: Any, out: Path, command: str, preset: str) -
     if cfg.dry_run:
         specs = [cell_spec(cfg, spf, c, cfg.model or "<aligned>", data_dir, out) for c in cells]
         steps = {s["id"]: step_count(s) for s in specs if s["kind"] == "train"}
+        # A cell with a result in --out would be reused by the real run: listed, but not counted in the estimate.
+        done = {s["id"] for s in specs if not cfg.force and (Path(s["dir"]) / "result.json").is_file()}
         for s in specs:
-            print(f"{s['id']:60s} {steps.get(s['id'], 0):5d} steps" if s["kind"] == "train" else f"{s['id']:60s}  eval only")
-        print(f"{len(specs)} cells, {sum(steps.values())} optimizer steps in all")
+            what = f"{steps[s['id']]:5d} steps" if s["kind"] == "train" else " eval only"
+            print(f"{s['id']:60s} {what}" + ("  (done in --out: reused)" if s["id"] in done else ""))
+        print(f"{len(specs)} cells, {sum(steps.values())} optimizer steps in all"
+              + (f"; {len(done)} done in {out}, {len(specs) - len(done)} to run" if done else ""))
+        specs = [s for s in specs if s["id"] not in done]
+        if cfg.calibrate and not specs:
+            print("nothing left to run: every cell is done in --out")
+            return 0
         if cfg.calibrate:
             measured = []
             for path in cfg.calibrate:
@@ -767,7 +777,7 @@ def run_grid(cfg: BenchConfig, spf: Any, out: Path, command: str, preset: str) -
                 measured += json.loads(file.read_text(encoding="utf-8"))["cells"]
             seconds, notes = estimate_seconds(specs, steps, measured)
             amount = f"{seconds / 3600:.1f} h" if seconds >= 7200 else f"{seconds / 60:.0f} min"
-            print(f"estimated {amount} on the machine that measured {', '.join(cfg.calibrate)}:")
+            print(f"estimated {amount} for {len(specs)} cell{'s' * (len(specs) != 1)} on the machine that measured {', '.join(cfg.calibrate)}:")
             for line in notes:
                 print(f"  - {line}")
         return 0

@@ -435,6 +435,39 @@ def test_bench_estimates_a_grid_from_measured_cells(tmp_path):
         bench.estimate_seconds(specs, steps, [])
 
 
+def test_bench_dry_run_estimates_only_the_cells_left_to_run(tmp_path, capsys):
+    import json
+
+    bench = _bench()
+    measured = []
+    for method, sps in (("sft", 2.0), ("spf", 3.0)):
+        cell = _cell(method, 0, 0.5, 0.5, sps, 1000)
+        cell["eval"].update({"eval_seconds": 10.0, "task_n": 40, "safety_sets": {"spftune-harmful": {"n": 10}}})
+        measured.append({**cell, "train_wall_seconds": 40 * sps, "cell_seconds": 40 * sps + 15.0})
+    (tmp_path / "cal").mkdir()
+    (tmp_path / "cal" / "results.json").write_text(json.dumps({"cells": measured}))
+    out = tmp_path / "out"
+    args = ["--dry-run", "--calibrate", str(tmp_path / "cal"), "--out", str(out), "--methods", "sft", "spf",
+            "--scenarios", "benign", "--eval-limit", "4", "--task-eval", "3"]
+
+    def estimate() -> str:
+        assert bench.main(args) == 0
+        return capsys.readouterr().out
+
+    before = estimate()
+    assert "reused" not in before and "for 3 cells" in before  # aligned + sft + spf
+    for cell in ("aligned", "benign__full__sft__s0"):
+        (out / "cells" / cell).mkdir(parents=True)
+        (out / "cells" / cell / "result.json").write_text("{}")
+    after = estimate()
+    assert after.count("(done in --out: reused)") == 2 and "2 done in" in after and "1 to run" in after
+    assert "for 1 cell on" in after
+    minutes = lambda text: float(text.split("estimated ")[1].split(" min")[0])  # noqa: E731
+    assert minutes(after) < minutes(before)
+    args.append("--force")  # --force reruns every cell: all counted again
+    assert "for 3 cells" in estimate()
+
+
 @pytest.mark.slow
 def test_bench_runs_end_to_end_on_tiny_models(tmp_path):
     import subprocess
