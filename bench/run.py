@@ -708,12 +708,12 @@ def estimate_seconds(specs: list[dict[str, Any]], steps: dict[str, int],
     for r in train:
         sps.setdefault((data(r["scenario"]), r["mode"], r["method"]), []).append(r["train"]["seconds_per_step"])
     med = {k: statistics.median(v) for k, v in sps.items()}
-    timed = [r for r in ok if r["eval"].get("eval_seconds") and _measured_prompts(r) > 0]
+    timed = [(r, n) for r in ok if r["eval"].get("eval_seconds") and (n := _measured_prompts(r)) > 0]
     if not timed:
         raise ValueError("no measured cell records its evaluation time; calibrate from a grid run by this version")
-    per_prompt = statistics.median(r["eval"]["eval_seconds"] / _measured_prompts(r) for r in timed)
+    per_prompt = statistics.median(r["eval"]["eval_seconds"] / n for r, n in timed)
     rest = statistics.median([r["cell_seconds"] - r["eval"]["eval_seconds"] - r.get("train_wall_seconds", 0.0)
-                              for r in timed if r.get("cell_seconds")] or [0.0])
+                              for r, _ in timed if r.get("cell_seconds")] or [0.0])
     notes: set[str] = set()
 
     def sft_seconds(d: str, mode: str) -> float:

@@ -333,9 +333,10 @@ def train(
         "checkpoint": checkpoint,
     }
     if any("spf_conflict" in r for r in records):
-        result["spf_conflict_rate"] = round(sum(bool(r.get("spf_conflict")) for r in records) / len(records), 4)
-        # Steps on which anything was projected: the conflict rate under the global gate, more under per_tensor.
-        result["spf_projected_rate"] = round(sum(bool(r.get("spf_projected")) for r in records) / len(records), 4)
+        # Share of steps with a global conflict, and with anything projected (equal under the global gate, more
+        # under per_tensor).
+        for key in ("conflict", "projected"):
+            result[f"spf_{key}_rate"] = round(sum(bool(r.get(f"spf_{key}")) for r in records) / len(records), 4)
         removed = [r["spf_removed_fraction"] for r in records if "spf_removed_fraction" in r]
         if removed:
             result["spf_removed_fraction_mean"] = round(sum(removed) / len(removed), 6)
