@@ -47,7 +47,9 @@ aggregated rows), ``BENCHMARKS.md`` (tables, findings computed from the numbers,
 Intervals: a single seed shows the evaluation's 95% bootstrap interval; several seeds show mean +- sd, and the
 comparison interval of a mean is mean +- max(t_{0.975,n-1} sd / sqrt(n), mean bootstrap half-width / sqrt(n)).
 A method "wins" (or "loses") against sft on a setting when its harmful-rate interval lies entirely below (above)
-sft's; otherwise the difference is not resolved by this grid.
+sft's; otherwise the difference is not resolved by this grid. With two or more seeds the notes also report the paired
+difference to sft (same seed: same data subset and order), mean +- sd and on how many seeds it was lower or higher:
+a consistent small effect shows there even when a large seed-to-seed spread keeps the intervals overlapping.
 """
 
 from __future__ import annotations
@@ -380,16 +382,24 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for name, s in c["eval"].get("safety_sets", {}).items():
                 sets.setdefault(name, []).append(s["harmful_rate"])
         row["harmful_rate_by_set"] = {name: sum(v) / len(v) for name, v in sets.items()}
-        time_ratios, mem_ratios, mem_extra = [], [], []
+        time_ratios, mem_ratios, mem_extra, deltas = [], [], [], []
         for c in cells:
             ref = sft.get((scenario, mode, c["seed"]))
             if ref is None:
                 continue
+            if method != "sft" and None not in (c["eval"].get("harmful_rate"), ref["eval"].get("harmful_rate")):
+                deltas.append(c["eval"]["harmful_rate"] - ref["eval"]["harmful_rate"])
             if ref["train"].get("seconds_per_step"):
                 time_ratios.append(c["train"]["seconds_per_step"] / ref["train"]["seconds_per_step"])
             if ref.get("peak_memory_mb") and c.get("peak_memory_mb"):
                 mem_ratios.append(c["peak_memory_mb"] / ref["peak_memory_mb"])
                 mem_extra.append(c["peak_memory_mb"] - ref["peak_memory_mb"])
+        if len(deltas) >= 2:
+            # Same seed = same data subset, order and initialization: the paired difference is free of the
+            # seed-to-seed spread that both methods share.
+            row["harmful_vs_sft"] = {"mean": statistics.mean(deltas), "sd": statistics.stdev(deltas),
+                                     "n": len(deltas), "lower": sum(d < 0 for d in deltas),
+                                     "higher": sum(d > 0 for d in deltas)}
         row["seconds_per_step"] = statistics.median(c["train"]["seconds_per_step"] for c in cells)
         row["time_ratio"] = sum(time_ratios) / len(time_ratios) if time_ratios else None
         row["memory_ratio"] = sum(mem_ratios) / len(mem_ratios) if mem_ratios else None
@@ -554,6 +564,10 @@ def markdown(cfg: BenchConfig, rows: list[dict[str, Any]], results: list[dict[st
                 notes.append(f"{r['safelora_projected']:.0f} layers projected")
             if r.get("mix_safety_examples") is not None:
                 notes.append(f"+{r['mix_safety_examples']:.0f} refusals")
+            paired = r.get("harmful_vs_sft")
+            if paired:
+                notes.append(f"vs sft, same seed: {100 * paired['mean']:+.1f} ± {_pct(paired['sd'])} points, lower on "
+                             f"{paired['lower']}/{paired['n']} seeds, higher on {paired['higher']}")
             extra = [f"{n}: {_pct(v)}" for n, v in r["harmful_rate_by_set"].items() if n != cfg.safety_sets[0]]
             if extra:
                 notes.append("harmful " + ", ".join(extra))
@@ -566,7 +580,10 @@ def markdown(cfg: BenchConfig, rows: list[dict[str, Any]], results: list[dict[st
     wins, choices = findings(rows, aligned)
     out += ["## Findings (computed from the numbers above)", "",
             "A method wins or loses against sft on a setting only when the harmful-rate intervals are disjoint "
-            "(one seed: bootstrap CIs; several: see `bench/run.py`); everything else is reported as not resolved.", ""]
+            "(one seed: bootstrap CIs; several: see `bench/run.py`); everything else is reported as not resolved. "
+            "With several seeds the notes also give the harmful-rate difference to sft on the same seed (same data "
+            "subset and order), mean ± sd over seeds: it is not blurred by the spread the two share, but it is not "
+            "used for the verdicts.", ""]
     out += [f"- {line}" for line in wins] + [""]
     out += ["## What to choose, per setting", ""] + [f"- {line}" for line in choices] + [""]
     out += ["![safety vs utility](pareto.png)", "", "## Settings", "",

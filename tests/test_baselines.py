@@ -383,7 +383,11 @@ def test_bench_aggregates_seeds_ratios_to_sft_and_the_pareto_front(tmp_path):
     assert spf["harmful_rate"]["mean"] == pytest.approx(0.3) and spf["harmful_rate"]["sd"] == pytest.approx(0.02)
     assert spf["time_ratio"] == pytest.approx(1.5) and spf["memory_ratio"] == pytest.approx(1.1)
     assert spf["memory_extra_mb"] == pytest.approx(100) and spf["spf_conflict_rate"] == 0.5
-    assert rows["sft"].get("spf_projected_rate") is None
+    assert rows["sft"].get("spf_projected_rate") is None and "harmful_vs_sft" not in rows["sft"]
+    # Paired by seed: mix differs from sft by 0, -2, +2 points, i.e. lower on one seed and higher on another.
+    mix_vs = rows["mix"]["harmful_vs_sft"]
+    assert (mix_vs["n"], mix_vs["lower"], mix_vs["higher"]) == (3, 1, 1)
+    assert mix_vs["mean"] == pytest.approx(0.0, abs=1e-12) and mix_vs["sd"] == pytest.approx(0.02)
     assert bench.compare(spf, rows["sft"]) == "lower" and bench.compare(rows["mix"], rows["sft"]) == "unresolved"
     points = {m: (r["harmful_rate"]["mean"], r["task_accuracy"]["mean"]) for m, r in rows.items()}
     assert bench.pareto_front(points) == ["spf", "sft"]  # mix: as harmful as sft, less accurate
@@ -395,6 +399,7 @@ def test_bench_aggregates_seeds_ratios_to_sft_and_the_pareto_front(tmp_path):
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| spf | 30.0 ± 2.0 |" in text and "1.50×" in text and "Failed cells" in text
     assert "gate fired 70.0%; global conflict 50.0%" in text  # per-tensor gates project beyond the global test
+    assert "vs sft, same seed: -50.0 ± 0.0 points, lower on 3/3 seeds, higher on 0" in text
     assert "the cells' own times add up to 6.0 min" in text  # 3 sft cells of 120 s; the others carry no time
     assert "**spf** vs sft on harmful rate: lower in 1 of 1 settings" in text
     assert "**mixed-0.1 / full**" in text and "**spf** (30.0%" in text
