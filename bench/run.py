@@ -407,9 +407,13 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["steps"] = statistics.median(c["train"]["steps"] for c in cells)
         row["examples"] = statistics.median(c["train"]["examples"] for c in cells)  # after prepare_data and skips
         row["attack_examples"] = statistics.median(c["train"].get("attack_examples", 0) for c in cells)
+        # The SPF pair is averaged over the cells that carry both (cells run before spf_projected_rate existed
+        # carry only the conflict rate), so that the two numbers in the notes describe the same runs.
+        both = [c for c in cells if c["train"].get("spf_projected_rate") is not None]
         for key in ("spf_conflict_rate", "spf_projected_rate", "safegrad_conflict_rate", "safelora_projected",
                     "mix_safety_examples"):
-            vals = [c["train"][key] for c in cells if c["train"].get(key) is not None]
+            vals = [c["train"][key] for c in (both if both and key.startswith("spf_") else cells)
+                    if c["train"].get(key) is not None]
             if vals:
                 row[key] = sum(vals) / len(vals)
         rows.append(row)

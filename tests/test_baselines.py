@@ -375,6 +375,8 @@ def test_bench_aggregates_seeds_ratios_to_sft_and_the_pareto_front(tmp_path):
              for s, h in enumerate([0.8, 0.82, 0.78])]
     cells += [_cell("spf", s, h, 0.58, 1.5 * (1.0 + 0.1 * s), 1100, spf_conflict_rate=0.5, spf_projected_rate=0.7)
               for s, h in enumerate([0.3, 0.32, 0.28])]
+    # Seed 0 as an older cell that lacks the projected rate: left out of both SPF rates (they describe the same runs).
+    cells[3]["train"].update(spf_conflict_rate=0.9, spf_projected_rate=None)
     cells += [_cell("mix", s, 0.8, 0.2, 1.0, 1000) for s in range(3)]
     cells.append({"id": "spf-update-0", "kind": "train", "status": "failed", "method": "spf-update"})
     rows = {r["method"]: r for r in bench.aggregate(cells)}
