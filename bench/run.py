@@ -769,6 +769,11 @@ def estimate_seconds(specs: list[dict[str, Any]], steps: dict[str, int],
     return total, sorted(notes)
 
 
+def reused(cfg: BenchConfig, spec: dict[str, Any]) -> bool:
+    """Whether a cell's finished result in ``--out`` is taken as is (always for a report, else unless ``--force``)."""
+    return (Path(spec["dir"]) / "result.json").is_file() and (cfg.report_only or not cfg.force)
+
+
 def run_grid(cfg: BenchConfig, spf: Any, out: Path, command: str, preset: str) -> int:
     t_start = time.perf_counter()
     cells = plan(cfg)
@@ -778,8 +783,8 @@ def run_grid(cfg: BenchConfig, spf: Any, out: Path, command: str, preset: str) -
     if cfg.dry_run:
         specs = [cell_spec(cfg, spf, c, cfg.model or "<aligned>", data_dir, out) for c in cells]
         steps = {s["id"]: step_count(s) for s in specs if s["kind"] == "train"}
-        # A cell with a result in --out would be reused by the real run: listed, but not counted in the estimate.
-        done = {s["id"] for s in specs if not cfg.force and (Path(s["dir"]) / "result.json").is_file()}
+        # A cell the real run would reuse is listed, but not counted in the estimate.
+        done = {s["id"] for s in specs if reused(cfg, s)}
         for s in specs:
             what = f"{steps[s['id']]:5d} steps" if s["kind"] == "train" else " eval only"
             print(f"{s['id']:60s} {what}" + ("  (done in --out: reused)" if s["id"] in done else ""))
@@ -821,7 +826,7 @@ def run_grid(cfg: BenchConfig, spf: Any, out: Path, command: str, preset: str) -
         spec = cell_spec(cfg, spf, cell, model, data_dir, out)
         cell_dir = Path(spec["dir"])
         result_file = cell_dir / "result.json"
-        if result_file.is_file() and (cfg.report_only or not cfg.force):
+        if reused(cfg, spec):
             results.append(json.loads(result_file.read_text(encoding="utf-8")))
             continue
         if cfg.report_only:
