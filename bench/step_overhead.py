@@ -7,6 +7,13 @@ interleaved step by step (plain, SPF factored with the paper's global gate, SPF 
 SPF reference), so drift and noise from other load hit them alike; the median over ``--steps`` measured steps
 (after one warm-up step each) is reported, with the ratio to plain SFT in the same run.
 
+Arithmetic floor (``--flops``, on by default, one step per setting): the matmul FLOPs of a plain step (forward +
+backward) and of the exact SPF work added to it, counted by ``torch.utils.flop_counter.FlopCounterMode``: the safety
+pass (forward, backward to the layer outputs), the bases' matmuls, and the gate plus the projection (gate forced on,
+the worst case). QR / eigh calls and element-wise work (AdamW, norms) are not counted, so ``1 + extra / plain`` is a
+lower bound on the time ratio any hardware can reach at this batch, unless it runs SPF's small matmuls (T rows)
+faster per FLOP than the batch's large ones.
+
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` per method in this process. On CPU there is no allocator
 counter, so each method runs a few steps in a fresh subprocess and reports its peak resident set size (ru_maxrss);
 the ratio is to the plain subprocess. The subprocess includes Python, torch and the model, so the ratio is a
@@ -24,6 +31,7 @@ import sys
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 METHODS = ("plain", "spf-factored", "spf-factored-always", "spf-reference")
 
@@ -86,6 +94,49 @@ def time_setting(setting: str, steps: int, batch_size: int, seq: int) -> dict:
     }
 
 
+def count_flops(model, tok, batch: torch.Tensor, rank: int = 20) -> dict:
+    """Matmul FLOPs of one plain forward + backward on ``batch`` (B, L) and of each part of an exact SPF step.
+
+    Returns ``{"plain", "safety_pass", "bases", "gate_projection", "extra", "floor"}`` (FLOPs; ``floor`` =
+    1 + extra / plain). The gate is forced on, so the projection is counted as on a step where it fires.
+    """
+    from spftune import SPFConfig
+    from spftune.core.basis import fit_basis
+    from spftune.core.capture import capture_gradients
+    from spftune.core.filter import build_safety_batch
+    from spftune.core.projection import project_gradients_
+    from spftune.core.targets import select_parameters
+
+    config = SPFConfig(rank=rank)
+    params = select_parameters(model, config.targets)
+    safety = {k: v for k, v in build_safety_batch(tok, config).items() if k in ("input_ids", "attention_mask", "labels")}
+    counted = {}
+
+    def count(key: str, fn):
+        with FlopCounterMode(display=False) as counter:
+            out = fn()
+        counted[key] = counter.get_total_flops()
+        return out
+
+    count("plain", lambda: model(input_ids=batch, labels=batch).loss.backward())
+    grads, _ = count("safety_pass", lambda: capture_gradients(model, safety, params, factored=True))
+    bases = count("bases", lambda: {n: fit_basis(g, rank) for n, g in grads.items()})
+    with torch.no_grad():
+        count("gate_projection", lambda: project_gradients_(
+            {n: p.grad for n, p in params.items() if p.grad is not None}, bases, gate="always"))
+    model.zero_grad(set_to_none=True)
+    counted["extra"] = counted["safety_pass"] + counted["bases"] + counted["gate_projection"]
+    counted["floor"] = 1 + counted["extra"] / counted["plain"]
+    return counted
+
+
+def flops_setting(setting: str, batch_size: int, seq: int) -> dict:
+    model, tok, _ = build(setting)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    batch = torch.randint(0, vocab, (batch_size, seq), generator=torch.Generator().manual_seed(0))
+    return count_flops(model, tok, batch)
+
+
 def peak_memory_child(setting: str, method: str, batch_size: int, seq: int) -> None:
     model, tok, opt = build(setting)
     spf = make_filter(method, model, tok)
@@ -124,6 +175,7 @@ def main() -> None:
     ap.add_argument("--settings", default="full,lora")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--no-flops", action="store_true", help="skip the arithmetic floor (one counted step per setting)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--child", nargs=2, metavar=("SETTING", "METHOD"), help=argparse.SUPPRESS)
@@ -138,7 +190,8 @@ def main() -> None:
     for setting in args.settings.split(","):
         timing = None if args.no_timing else time_setting(setting, args.steps, args.batch, args.seq)
         memory = None if args.no_memory else peak_memory(setting, args.batch, args.seq)
-        results["settings"][setting] = {"time": timing, "memory": memory}
+        flops = None if args.no_flops else flops_setting(setting, args.batch, args.seq)
+        results["settings"][setting] = {"time": timing, "memory": memory, "flops": flops}
     print(f"SmolLM2-135M-Instruct, batch {args.batch} x {args.seq} tokens, {device}, median of {args.steps} steps\n")
     print("| setting | method | s / step | time vs plain | peak MiB | memory vs plain |")
     print("|---|---|---|---|---|---|")
@@ -149,6 +202,13 @@ def main() -> None:
             time_cells = f"{t['median_s']:.2f} | {t['ratio']:.3f}x" if t else "- | -"
             mem_cells = f"{mem['peak_mib']:.0f} | {mem['ratio']:.3f}x" if mem else "- | -"
             print(f"| {setting} | {m} | {time_cells} | {mem_cells} |")
+    for setting, r in results["settings"].items():
+        f = r["flops"]
+        if f:
+            share = {k: 100 * f[k] / f["plain"] for k in ("safety_pass", "bases", "gate_projection")}
+            print(f"\n{setting}: plain step {f['plain'] / 1e9:.0f} GFLOP (matmuls); exact SPF adds "
+                  f"{share['safety_pass']:.1f}% (safety pass) + {share['bases']:.1f}% (bases, QR/eigh not counted) + "
+                  f"{share['gate_projection']:.1f}% (gate + projection) -> arithmetic floor {f['floor']:.3f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -7,6 +7,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from bench_scripts import load_bench
 from tiny_models import make_model, make_tokenizer
 
 import spftune.baselines  # noqa: F401  (registers the baselines)
@@ -345,19 +346,7 @@ def test_cli_strings_become_typed_options():
 
 
 def _bench():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    if "spftune_bench_run" in sys.modules:
-        return sys.modules["spftune_bench_run"]
-
-    path = Path(__file__).resolve().parent.parent / "bench" / "run.py"
-    spec = importlib.util.spec_from_file_location("spftune_bench_run", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("run")
 
 
 def _cell(method, seed, harmful, accuracy, seconds, memory, **train):

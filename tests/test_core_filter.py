@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from bench_scripts import load_bench
 from safetensors.torch import load_file, save_file
 from tiny_models import FAMILIES, make_model, make_tokenizer, random_grads_
 
@@ -422,3 +423,17 @@ def test_targets_regex_selects_a_subset():
     model = make_model("qwen2")
     chosen = select_parameters(model, ["q_proj", r"\.bias$"])
     assert chosen and all("q_proj" in n or n.endswith(".bias") for n in chosen)
+
+
+def test_step_overhead_flop_floor_counts_spf_work_that_does_not_grow_with_the_batch(tokenizer):
+    """bench/step_overhead.py's arithmetic floor: the plain step's matmul FLOPs grow with the batch, SPF's extra
+    work (one safety example) does not, so the floor 1 + extra / plain falls as the batch grows."""
+    count_flops = load_bench("step_overhead").count_flops
+    model = make_model("llama")
+    small, large = (count_flops(model, tokenizer, torch.randint(4, 90, (b, 16)), rank=4) for b in (2, 8))
+    assert small["safety_pass"] > 0 and small["gate_projection"] > 0 and small["bases"] >= 0
+    assert small["extra"] == small["safety_pass"] + small["bases"] + small["gate_projection"]
+    assert large["plain"] == pytest.approx(4 * small["plain"], rel=0.1)
+    assert large["extra"] == small["extra"]
+    assert 1 < large["floor"] < small["floor"]
+    assert all(p.grad is None for p in model.parameters())
