@@ -193,9 +193,11 @@ def main() -> None:
         flops = None if args.no_flops else flops_setting(setting, args.batch, args.seq)
         results["settings"][setting] = {"time": timing, "memory": memory, "flops": flops}
     print(f"SmolLM2-135M-Instruct, batch {args.batch} x {args.seq} tokens, {device}, median of {args.steps} steps\n")
-    print("| setting | method | s / step | time vs plain | peak MiB | memory vs plain |")
-    print("|---|---|---|---|---|---|")
-    for setting, r in results["settings"].items():
+    measured = [(s, r) for s, r in results["settings"].items() if r["time"] or r["memory"]]
+    if measured:
+        print("| setting | method | s / step | time vs plain | peak MiB | memory vs plain |")
+        print("|---|---|---|---|---|---|")
+    for setting, r in measured:
         for m in METHODS:
             t = r["time"][m] if r["time"] else None
             mem = r["memory"][m] if r["memory"] else None
