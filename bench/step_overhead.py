@@ -7,7 +7,7 @@ interleaved step by step (plain, SPF factored with the paper's global gate, SPF 
 SPF reference), so drift and noise from other load hit them alike; the median over ``--steps`` measured steps
 (after one warm-up step each) is reported, with the ratio to plain SFT in the same run.
 
-Arithmetic floor (``--flops``, on by default, one step per setting): the matmul FLOPs of a plain step (forward +
+Arithmetic floor (on by default, ``--no-flops`` skips it; one counted step per setting): the matmul FLOPs of a plain step (forward +
 backward) and of the exact SPF work added to it, counted by ``torch.utils.flop_counter.FlopCounterMode``: the safety
 pass (forward, backward to the layer outputs), the bases' matmuls, and the gate plus the projection (gate forced on,
 the worst case). QR / eigh calls and element-wise work (AdamW, norms) are not counted, so ``1 + extra / plain`` is a
@@ -192,7 +192,8 @@ def main() -> None:
         memory = None if args.no_memory else peak_memory(setting, args.batch, args.seq)
         flops = None if args.no_flops else flops_setting(setting, args.batch, args.seq)
         results["settings"][setting] = {"time": timing, "memory": memory, "flops": flops}
-    print(f"SmolLM2-135M-Instruct, batch {args.batch} x {args.seq} tokens, {device}, median of {args.steps} steps\n")
+    timed = "" if args.no_timing else f", median of {args.steps} steps"
+    print(f"SmolLM2-135M-Instruct, batch {args.batch} x {args.seq} tokens, {device}{timed}\n")
     measured = [(s, r) for s, r in results["settings"].items() if r["time"] or r["memory"]]
     if measured:
         print("| setting | method | s / step | time vs plain | peak MiB | memory vs plain |")
@@ -205,12 +206,12 @@ def main() -> None:
             mem_cells = f"{mem['peak_mib']:.0f} | {mem['ratio']:.3f}x" if mem else "- | -"
             print(f"| {setting} | {m} | {time_cells} | {mem_cells} |")
     for setting, r in results["settings"].items():
-        f = r["flops"]
-        if f:
-            share = {k: 100 * f[k] / f["plain"] for k in ("safety_pass", "bases", "gate_projection")}
-            print(f"\n{setting}: plain step {f['plain'] / 1e9:.0f} GFLOP (matmuls); exact SPF adds "
+        flops = r["flops"]
+        if flops:
+            share = {k: 100 * flops[k] / flops["plain"] for k in ("safety_pass", "bases", "gate_projection")}
+            print(f"\n{setting}: plain step {flops['plain'] / 1e9:.0f} GFLOP (matmuls); exact SPF adds "
                   f"{share['safety_pass']:.1f}% (safety pass) + {share['bases']:.1f}% (bases, QR/eigh not counted) + "
-                  f"{share['gate_projection']:.1f}% (gate + projection) -> arithmetic floor {f['floor']:.3f}x")
+                  f"{share['gate_projection']:.1f}% (gate + projection) -> arithmetic floor {flops['floor']:.3f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
