@@ -7,12 +7,12 @@ interleaved step by step (plain, SPF factored with the paper's global gate, SPF 
 SPF reference), so drift and noise from other load hit them alike; the median over ``--steps`` measured steps
 (after one warm-up step each) is reported, with the ratio to plain SFT in the same run.
 
-Arithmetic floor (on by default, ``--no-flops`` skips it; one counted step per setting): the matmul FLOPs of a plain step (forward +
-backward) and of the exact SPF work added to it, counted by ``torch.utils.flop_counter.FlopCounterMode``: the safety
-pass (forward, backward to the layer outputs), the bases' matmuls, and the gate plus the projection (gate forced on,
-the worst case). QR / eigh calls and element-wise work (AdamW, norms) are not counted, so ``1 + extra / plain`` is a
-lower bound on the time ratio any hardware can reach at this batch, unless it runs SPF's small matmuls (T rows)
-faster per FLOP than the batch's large ones.
+Arithmetic floor (on by default, ``--no-flops`` skips it; one counted step per setting): the matmul FLOPs of a plain
+step (forward + backward) and of the exact SPF work added to it, counted by
+``torch.utils.flop_counter.FlopCounterMode``: the safety pass (forward, backward to the layer outputs), the bases'
+matmuls, and the gate plus the projection (gate forced on, the worst case). QR / eigh calls and element-wise work
+(AdamW, norms) are not counted, so ``1 + extra / plain`` is a lower bound on the time ratio any hardware can reach
+at this batch, unless it runs SPF's small matmuls (T rows) faster per FLOP than the batch's large ones.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` per method in this process. On CPU there is no allocator
 counter, so each method runs a few steps in a fresh subprocess and reports its peak resident set size (ru_maxrss);
@@ -109,7 +109,7 @@ def count_flops(model, tok, batch: torch.Tensor, rank: int = 20) -> dict:
 
     config = SPFConfig(rank=rank)
     params = select_parameters(model, config.targets)
-    safety = {k: v for k, v in build_safety_batch(tok, config).items() if k in ("input_ids", "attention_mask", "labels")}
+    safety = build_safety_batch(tok, config)  # input_ids, attention_mask, labels: what SPFFilter captures on
     counted = {}
 
     def count(key: str, fn):
