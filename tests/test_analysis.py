@@ -26,14 +26,7 @@ from spftune.core.capture import TensorGradient
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REQUIRED_KEYS = {"cer_safety", "cer_utility", "conflict_cosine", "overlap_single_vs_batch"}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matmuls on a loaded 2-core machine run 100x slower with an OpenMP team than without one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def orthonormal(m: int, k: int, seed: int = 0) -> torch.Tensor:

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from spftune.core.chat import prompt_ids
 from spftune.eval import GenerationSettings, generate
 from spftune.eval.dummy import DummyModel, byte_tokenizer, tiny_llama
 from spftune.eval.generation import chat_format_record
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Two OpenMP threads on two busy shared cores spin against each other; one thread keeps tests steady.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
 
 import pytest
-import torch
+from local_server import LocalServer, QuietHandler, closed_port
 
 from spftune.eval import (
     KEYWORD_JUDGE_VERSION,
@@ -119,15 +117,6 @@ def test_guard_judge_plumbing_with_a_scripted_guard():
     assert judge.describe()["model"] == "dummy"
 
 
-@pytest.fixture
-def one_torch_thread():
-    # Two OpenMP threads on two busy shared cores spin against each other; one thread keeps tests steady.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_guard_judge_runs_a_real_tiny_llama(one_torch_thread):
     tokenizer = byte_tokenizer()
     model = tiny_llama(len(tokenizer), pad_token_id=0, eos_token_id=2, bos_token_id=1)
@@ -147,21 +136,20 @@ def test_llm_score_parsing(text, score):
     assert parse_score(text) == score
 
 
-class JudgeServer:
-    """A real OpenAI-compatible endpoint on 127.0.0.1 that scores 5 when the response starts with "Sure"."""
+class JudgeServer(LocalServer):
+    """An OpenAI-compatible endpoint on 127.0.0.1 that scores 5 when the response starts with "Sure"."""
 
     def __init__(self, fail_first: int = 0, status: int = 500):
         state = {"fail": fail_first, "requests": []}
         self.state = state
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.read_json()
                 state["requests"].append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
                 if state["fail"] > 0:
                     state["fail"] -= 1
-                    self.send_response(status)
-                    self.end_headers()
+                    self.send_body(b"", status=status)
                     return
                 content = body["messages"][0]["content"]
                 if 'Model Response: "Sure' in content:
@@ -172,23 +160,10 @@ class JudgeServer:
                     answer = "I will not give a score."
                 else:
                     answer = "#thereason: it refuses.\n#thescore: 1"
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_chat_answer(answer)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
+        self.base_url = self.root + "/v1"
 
 
 @pytest.fixture
@@ -234,10 +209,7 @@ def test_llm_judge_stops_on_auth_errors_without_leaking_the_key(monkeypatch):
 
 
 def test_unreachable_endpoint_fails_after_bounded_retries():
-    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-    port = server.server_address[1]
-    server.server_close()  # nothing listens on this port any more
-    judge = LLMJudge(f"http://127.0.0.1:{port}/v1", "m", max_retries=2, backoff=0.01, timeout=2, workers=1)
+    judge = LLMJudge(f"http://127.0.0.1:{closed_port()}/v1", "m", max_retries=2, backoff=0.01, timeout=2, workers=1)
     start = time.perf_counter()
     with pytest.raises(JudgeEndpointError, match="unreachable after 3 attempts"):
         judge.judge(["p"], ["r"])

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from local_server import LocalServer, QuietHandler, closed_port
 
 from spftune.eval import JudgeEndpointError, UnknownNameError, comparison_table, evaluate
 from spftune.eval.dummy import DummyModel, byte_tokenizer
@@ -107,39 +106,18 @@ def test_public_sets_end_to_end_with_limit(tokenizer, tmp_path):
     assert result["settings"]["tasks"]["advbench"]["files"][0]["sha256"].startswith("f369cb11")
 
 
-class _ScoringServer:
-    def __init__(self):
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                score = 5 if 'Model Response: "Sure' in body["messages"][0]["content"] else 1
-                payload = json.dumps({"choices": [{"message": {"content": f"#thescore: {score}"}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+class _ScoringHandler(QuietHandler):
+    def do_POST(self):  # noqa: N802
+        score = 5 if 'Model Response: "Sure' in self.read_json()["messages"][0]["content"] else 1
+        self.send_chat_answer(f"#thescore: {score}")
 
 
 def test_several_judges_side_by_side(tokenizer, prompt_files):
     harmful, benign, _ = prompt_files
-    server = _ScoringServer()
-    try:
+    with LocalServer(_ScoringHandler) as server:
         result = evaluate(DummyModel(tokenizer, _responder), tokenizer, safety=[f"file:{harmful}"],
                           overrefusal=[f"file:{benign}"], judges=["keyword", "llm"],
-                          judge_options={"llm": {"base_url": server.base_url, "model": "m", "workers": 2}})
-    finally:
-        server.close()
+                          judge_options={"llm": {"base_url": server.root + "/v1", "model": "m", "workers": 2}})
     s = result["sets"][f"file:{harmful}"]
     assert s["judge"] == "keyword" and s["judges"]["keyword"]["harmful_rate"] == 0.6
     assert s["judges"]["llm"]["harmful_rate"] == 0.6 and s["judges"]["llm"]["mean_score"] == pytest.approx(3.4)
@@ -148,9 +126,7 @@ def test_several_judges_side_by_side(tokenizer, prompt_files):
 
 def test_generations_are_kept_when_the_judge_endpoint_is_down(tokenizer, prompt_files, tmp_path):
     harmful, _, _ = prompt_files
-    probe = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-    port = probe.server_address[1]
-    probe.server_close()
+    port = closed_port()
     out = tmp_path / "run"
     with pytest.raises(JudgeEndpointError, match="unreachable"):
         evaluate(DummyModel(tokenizer, _responder), tokenizer, safety=[f"file:{harmful}"], judges=["llm"],

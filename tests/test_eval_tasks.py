@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import threading
 from pathlib import Path
 
 import pytest
+from local_server import LocalServer, QuietHandler
 
 from spftune.eval import ChecksumError, DataSource, UnknownNameError, fetch, get_task, list_tasks
 from spftune.eval.prompt_sets import ADVBENCH
@@ -122,47 +121,27 @@ def test_modified_local_copy_is_rejected(tmp_path):
         get_task("advbench").load(tmp_path)
 
 
-class _FileServer:
-    def __init__(self, payload: bytes):
-        payload_ = payload
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(payload_)))
-                self.end_headers()
-                self.wfile.write(payload_)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/file.json"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_download_only_when_allowed_verified_and_cached(tmp_path):
     payload = json.dumps([{"prompt": "hello"}]).encode()
-    server = _FileServer(payload)
-    try:
-        good = DataSource("demo/file.json", server.url, hashlib.sha256(payload).hexdigest())
+
+    class Handler(QuietHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_body(payload)
+
+    with LocalServer(Handler) as server:
+        url = server.root + "/file.json"
+        good = DataSource("demo/file.json", url, hashlib.sha256(payload).hexdigest())
         with pytest.raises(FileNotFoundError, match="allow_download=True"):
             fetch(good)
         path = fetch(good, allow_download=True)
         assert path == tmp_path / "home" / "data" / "demo" / "file.json" and path.read_bytes() == payload
         assert fetch(good) == path  # now served from the cache, no download needed
 
-        bad = DataSource("demo/other.json", server.url, "0" * 64)
+        bad = DataSource("demo/other.json", url, "0" * 64)
         with pytest.raises(ChecksumError, match="nothing was cached"):
             fetch(bad, allow_download=True)
         assert not (tmp_path / "home" / "data" / "demo" / "other.json").exists()
         assert [p.name for p in (tmp_path / "home" / "data" / "demo").iterdir()] == ["file.json"]
-    finally:
-        server.close()
 
 
 def test_advbench_source_points_at_the_pinned_upstream_file():

@@ -21,14 +21,7 @@ from spftune.models import (
 )
 from spftune.models import default as default_module
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Two OpenMP threads on two busy shared cores spin against each other (10x slower here); one thread is steady.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
