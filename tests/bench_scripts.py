@@ -1,4 +1,5 @@
-"""Load a script under ``bench/`` as a module (the folder is not a package: its scripts are run by path)."""
+"""Load a script under ``bench/`` as a module (the folder is not a package: its scripts are run by path; conftest
+puts the folder on ``sys.path`` for the modules they import, as running a script from there does)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
 
 def load_bench(name: str) -> ModuleType:
     """``bench/<name>.py`` as the module ``spftune_bench_<name>``, loaded once per test session."""
     key = f"spftune_bench_{name}"
     if key not in sys.modules:
-        path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(key, path)
+        spec = importlib.util.spec_from_file_location(key, BENCH / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module  # dataclasses resolve their module through sys.modules
         spec.loader.exec_module(module)

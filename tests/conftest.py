@@ -1,6 +1,8 @@
-"""Test configuration: no test may reach the network."""
+"""Test configuration: no test may reach the network; ``bench/`` is importable (``from spfbench import tables``)."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+# As for a script run from bench/. Appended: bench/'s script names must never shadow an installed module.
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.append(str(BENCH))
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from tiny_models import FAMILIES, make_model, make_tokenizer, random_grads_
 
 from spftune.core import SPFConfig, SPFFilter
-from spftune.core.basis import fit_basis
+from spftune.core.basis import fit_basis, subspace_overlap
 from spftune.core.capture import capture_gradients
 from spftune.core.chat import response_loss
 from spftune.core.targets import as_matrix, select_parameters
@@ -177,6 +177,41 @@ def test_conflict_only_never_increases_conflict(family, lora, tokenizer):
     for name, p in spf.params.items():
         after = float((gs[name] * as_matrix(p.grad)).sum())
         assert after >= before[name] - 1e-5 * (abs(before[name]) + 1.0), name
+
+
+@pytest.mark.parametrize("family,lora", CASES, ids=IDS)
+def test_random_basis_control_keeps_the_gate_and_size_but_not_the_directions(family, lora, tokenizer):
+    model = make_model(family, lora=lora)
+    bases, stats = {}, {}
+    for basis in ("safety", "random"):
+        random_grads_(model, seed=3)
+        torch.manual_seed(11)
+        rng = torch.get_rng_state()
+        spf = SPFFilter(model, tokenizer, SPFConfig(rank=3, gate="always", basis=basis, refresh_every=2))
+        stats[basis] = spf.apply_()  # refresh_every=2: the bases used stay in spf.bases after the step
+        bases[basis] = spf.bases
+        assert torch.equal(torch.get_rng_state(), rng)  # the control draws from its own generator
+    gs = safety_matrices(spf)
+    assert stats["random"]["dot"] == pytest.approx(stats["safety"]["dot"], rel=1e-5)  # same gate input
+    compared = 0
+    for name, p in spf.params.items():
+        u, s = bases["random"][name].U, bases["safety"][name].U
+        assert u.shape == s.shape, name  # same k_b per tensor
+        g = as_matrix(p.grad)
+        assert (u.T @ g).norm() <= 1e-4 * g.norm().clamp_min(1.0), name
+        assert torch.allclose(u.T @ u, torch.eye(u.shape[1]), atol=1e-5), name
+        assert torch.allclose(bases["random"][name].safety_coeff, u.T @ gs[name], atol=1e-4, rtol=1e-3), name
+        if u.shape[1] and u.shape[0] >= 4 * u.shape[1]:
+            compared += 1
+            assert subspace_overlap(u, s) < 0.9, name  # random: ~k/m expected, not the safety directions
+    assert compared > 0
+    torch.manual_seed(11)  # the same seed draws the same control basis
+    random_grads_(model, seed=3)
+    again = SPFFilter(model, tokenizer, SPFConfig(rank=3, gate="always", basis="random", refresh_every=2))
+    again.apply_()
+    assert all(torch.equal(again.bases[n].U, bases["random"][n].U) for n in again.params)
+    with pytest.raises(ValueError, match="basis='noise' is not one of safety, random"):
+        SPFConfig(basis="noise")
 
 
 def test_global_gate_fires_on_conflict_and_per_tensor_gate_is_selective(tokenizer):

@@ -17,6 +17,10 @@ then no bigger than its factors, and its SVD is cheaper than the QR.
 
 Reference path: ``torch.linalg.svd`` of the materialized G_s.
 
+Control (``SPFConfig(basis="random")``, for ablations): :class:`RandomBasis` keeps a safety basis's gate quantities
+(<G_u, G_s>, ||G_s||) and its size k_b, but removes a uniformly random k_b-dimensional subspace of R^m instead of
+the safety directions: the same steps project, as many directions go, only which ones differs.
+
 Every form keeps what the projection needs to evaluate, for a fine-tuning gradient G_u (m, n), the inner product
 <G_u, G_s> and the coefficients U^T G_u: factored as P = Q^T G_u (r, n), <G_u, G_s> = <P, C>, U^T G_u = W_k^T P;
 dense directly. The side is always the left one (rows = shape[0]); it is stored by construction, never inferred
@@ -78,6 +82,44 @@ class SubspaceBasis:
             g.index_add_(0, self.rows, (self.Uc @ coeff).to(g.dtype), alpha=-1)
         else:  # addmm_ writes into g: no (m, n) temporary, which matters for (vocab, d) embeddings
             g.addmm_(self.U.to(g.dtype), coeff.to(g.dtype), alpha=-1)
+
+    def transposed_times(self, m: torch.Tensor) -> torch.Tensor:
+        """M^T G_s (k, n) for M (m, k), from the stored form of G_s."""
+        if self.rows is not None:
+            return m[self.rows].T @ self.C
+        if self.Q is not None:
+            return (self.Q.T @ m).T @ self.C
+        return m.T @ self.C
+
+
+class RandomBasis:
+    """A control: a uniformly random orthonormal U (m, k_b) in place of ``safety.U``, same gate quantities.
+
+    ``inner`` returns the true <g, G_s> (so the gate fires on the same steps as SPF's) and U^T g for the random U;
+    ``safety_coeff`` = U^T G_s keeps the statistics and ``conflict_only`` meaningful. U is the Q factor of an
+    (m, k_b) standard normal matrix, whose column space is uniform on the Grassmannian.
+    """
+
+    def __init__(self, safety: SubspaceBasis, generator: torch.Generator) -> None:
+        m, k = safety.U.shape
+        z = torch.randn(m, k, generator=generator, dtype=torch.float32)
+        self.U = torch.linalg.qr(z)[0].to(safety.U.device)
+        self.safety = safety
+        self.safety_coeff = safety.transposed_times(self.U)
+
+    @property
+    def k(self) -> int:
+        return self.U.shape[1]
+
+    @property
+    def safety_norm_sq(self) -> torch.Tensor:
+        return self.safety.safety_norm_sq
+
+    def inner(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.safety.inner(g)[0], (self.U.to(g.dtype).T @ g).float()
+
+    def remove_(self, g: torch.Tensor, coeff: torch.Tensor) -> None:
+        g.addmm_(self.U.to(g.dtype), coeff.to(g.dtype), alpha=-1)
 
 
 def _rank(s: torch.Tensor, m: int, n: int, rtol: float | None) -> int:

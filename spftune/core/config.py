@@ -8,6 +8,7 @@ from typing import Any
 GATES = ("global", "per_tensor", "always")
 REMOVALS = ("subspace", "conflict_only")
 METHODS = ("factored", "reference")
+BASES = ("safety", "random")
 
 
 @dataclass
@@ -43,6 +44,11 @@ class SPFConfig:
             ``U^T G_s``, so the inner product with the safety gradient can only grow.
         targets: which trainable tensors the filter covers: ``"all"`` or a list of regular expressions matched
             (``re.search``) against parameter names. Raises if nothing matches.
+        basis: ``safety`` (paper): the directions removed are the safety gradient's top-k_b left singular vectors.
+            ``random`` is a control for ablations, not a method: per tensor a random orthonormal basis of the same
+            size k_b, drawn anew at every refresh from a generator seeded by ``torch.initial_seed()`` (so the
+            training's own random stream is untouched), under the same gate. It separates "these directions
+            matter" from "removing as many directions on the same steps matters".
 
     Safety signal
         safety_examples: one or more (prompt, refusal) pairs; the default is one built-in pair. The safety loss is
@@ -73,13 +79,14 @@ class SPFConfig:
     )
     max_length: int = field(default=256, metadata={"help": "Token limit of one formatted safety example."})
     refresh_every: int = field(default=1, metadata={"help": "Recompute the safety basis every N optimizer steps."})
+    basis: str = field(default="safety", metadata={"help": "safety (paper) | random: a control, same gate and size, random directions."})
     method: str = field(default="factored", metadata={"help": "factored (fast, exact) | reference (materialized)."})
     rtol: float | None = field(default=None, metadata={"help": "Relative singular-value cutoff for the rank of G_s."})
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
             raise ValueError(f"SPFConfig.rank must be a positive integer, got {self.rank!r}; the paper uses 10 to 20.")
-        for name, allowed in (("gate", GATES), ("removal", REMOVALS), ("method", METHODS)):
+        for name, allowed in (("gate", GATES), ("removal", REMOVALS), ("basis", BASES), ("method", METHODS)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"SPFConfig.{name}={value!r} is not one of {', '.join(allowed)}.")

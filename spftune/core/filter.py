@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spftune.core.basis import SubspaceBasis, fit_basis
+from spftune.core.basis import RandomBasis, SubspaceBasis, fit_basis
 from spftune.core.capture import capture_gradients
 from spftune.core.chat import collate, encode_example, pad_token_id
 from spftune.core.config import SPFConfig
@@ -86,21 +86,26 @@ class SPFFilter:
         batch = safety_batch if safety_batch is not None else build_safety_batch(tokenizer, self.config)
         _check_batch(batch)
         self._batch_cpu = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
-        self.bases: dict[str, SubspaceBasis] | None = None
+        self.bases: dict[str, SubspaceBasis | RandomBasis] | None = None
         self.safety_loss: float | None = None
         self.step = 0
         self.last_stats: dict[str, Any] | None = None
+        # The control basis draws from its own stream: drawing from the global one would change dropout and data
+        # order, and with them the very run it is meant to be compared with.
+        self._generator = torch.Generator().manual_seed(torch.initial_seed()) if self.config.basis == "random" else None
 
     def _batch(self) -> dict[str, torch.Tensor]:
         device = next(iter(self.params.values())).device
         return {k: v.to(device) for k, v in self._batch_cpu.items()}
 
-    def refresh(self) -> dict[str, SubspaceBasis]:
+    def refresh(self) -> dict[str, SubspaceBasis | RandomBasis]:
         """Recompute the safety gradient and the per-tensor bases at the current weights."""
         grads, self.safety_loss = capture_gradients(
             self.model, self._batch(), self.params, factored=self.config.method == "factored"
         )
         self.bases = {name: fit_basis(g, self.config.rank, self.config.rtol) for name, g in grads.items()}
+        if self._generator is not None:
+            self.bases = {name: RandomBasis(b, self._generator) for name, b in self.bases.items()}
         return self.bases
 
     @torch.no_grad()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spftune.core.basis import SubspaceBasis
+from spftune.core.basis import RandomBasis, SubspaceBasis
 from spftune.core.targets import as_matrix
 
 
@@ -43,7 +43,7 @@ class ProjectionStats:
 
 def project_gradients_(
     grads: dict[str, torch.Tensor],
-    bases: dict[str, SubspaceBasis],
+    bases: dict[str, SubspaceBasis | RandomBasis],
     *,
     gate: str = "global",
     removal: str = "subspace",
