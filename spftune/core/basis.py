@@ -19,7 +19,8 @@ Reference path: ``torch.linalg.svd`` of the materialized G_s.
 
 Control (``SPFConfig(basis="random")``, for ablations): :class:`RandomBasis` keeps a safety basis's gate quantities
 (<G_u, G_s>, ||G_s||) and its size k_b, but removes a uniformly random k_b-dimensional subspace of R^m instead of
-the safety directions: the same steps project, as many directions go, only which ones differs.
+the safety directions: given the same gradient, the gate decides alike and as many directions go; only which
+ones differs.
 
 Every form keeps what the projection needs to evaluate, for a fine-tuning gradient G_u (m, n), the inner product
 <G_u, G_s> and the coefficients U^T G_u: factored as P = Q^T G_u (r, n), <G_u, G_s> = <P, C>, U^T G_u = W_k^T P;
@@ -95,7 +96,7 @@ class SubspaceBasis:
 class RandomBasis:
     """A control: a uniformly random orthonormal U (m, k_b) in place of ``safety.U``, same gate quantities.
 
-    ``inner`` returns the true <g, G_s> (so the gate fires on the same steps as SPF's) and U^T g for the random U;
+    ``inner`` returns the true <g, G_s> (so on a given gradient the gate decides as SPF's would) and U^T g for the random U;
     ``safety_coeff`` = U^T G_s keeps the statistics and ``conflict_only`` meaningful. U is the Q factor of an
     (m, k_b) standard normal matrix, whose column space is uniform on the Grassmannian.
     """
