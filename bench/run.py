@@ -27,7 +27,7 @@ Grid
     --full     all methods | all scenarios | full and lora | seeds 0 1 2 | 320 task examples | all spftune-harmful
                (80), advbench (100 of 520), over-refusal (40), benign (80), 100 task items: 307 cells. Its wall
                time is measured by the run and written into the report; budget hours on a GPU, days on 2 CPU cores
-               (38 h estimated on the project's 2-core machine). ``--dry-run --calibrate DIR`` estimates it for
+               (about 40 h estimated on the project's 2-core machine). ``--dry-run --calibrate DIR`` estimates it for
                your machine from the cells of an earlier run in DIR (a ``--quick`` one, say); cells already done
                in ``--out`` are listed as reused and left out of the estimate, so it also says what a resumed grid
                has left.
