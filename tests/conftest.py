@@ -2,10 +2,10 @@
 
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import BENCH
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,7 +14,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 # As for a script run from bench/. Appended: bench/'s script names must never shadow an installed module.
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 if str(BENCH) not in sys.path:
     sys.path.append(str(BENCH))
 
