@@ -48,8 +48,11 @@ Intervals: a single seed shows the evaluation's 95% bootstrap interval; several 
 comparison interval of a mean is mean +- max(t_{0.975,n-1} sd / sqrt(n), mean bootstrap half-width / sqrt(n)).
 A method "wins" (or "loses") against sft on a setting when its harmful-rate interval lies entirely below (above)
 sft's; otherwise the difference is not resolved by this grid. With two or more seeds the notes also report the paired
-difference to sft (same seed: same data subset and order), mean +- sd and on how many seeds it was lower or higher:
-a consistent small effect shows there even when a large seed-to-seed spread keeps the intervals overlapping.
+difference to sft (same seed: same data subset and order), mean +- sd, on how many seeds it was lower or higher, and
+its paired interval, the same rule applied to the per-seed differences (t-term from their spread, floor from the
+method's bootstrap half-width). The paired test (that interval excludes 0) is the sharper one for this design: a
+consistent effect shows there even when a large seed-to-seed spread, shared by both methods, keeps the seed-mean
+intervals overlapping. The report gives both verdicts; neither is corrected for multiple comparisons.
 """
 
 from __future__ import annotations

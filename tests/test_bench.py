@@ -42,7 +42,21 @@ def test_bench_aggregates_seeds_ratios_to_sft_and_the_pareto_front(tmp_path):
     mix_vs = rows["mix"]["harmful_vs_sft"]
     assert (mix_vs["n"], mix_vs["lower"], mix_vs["higher"]) == (3, 1, 1)
     assert mix_vs["mean"] == pytest.approx(0.0, abs=1e-12) and mix_vs["sd"] == pytest.approx(0.02)
+    # Paired t-interval: t_{0.975,2} sd / sqrt(3) = 4.303 * 0.02 / 1.732 = 0.0497, above the bootstrap floor 0.05/1.732.
+    assert mix_vs["interval"] == pytest.approx([-0.04969, 0.04969], abs=1e-4)
     assert tables.compare(spf, rows["sft"]) == "lower" and tables.compare(rows["mix"], rows["sft"]) == "unresolved"
+    assert tables.compare_paired(rows["mix"]) == "unresolved" and tables.compare_paired(rows["sft"]) == "unresolved"
+    # spf vs sft: -50 points on each paired seed (1 and 2; seed 0 pairs too), sd 0: the floor alone sets the width.
+    spf_vs = spf["harmful_vs_sft"]
+    assert spf_vs["sd"] == pytest.approx(0.0, abs=1e-12)
+    assert spf_vs["interval"] == pytest.approx([-0.5 - 0.05 / 3 ** 0.5, -0.5 + 0.05 / 3 ** 0.5])
+    assert tables.compare_paired(spf) == "lower"
+    # The floor: one prompt's difference on every seed is not resolved, a consistent large one is.
+    small = tables.paired_difference([-0.0125] * 3, [[0.2, 0.4]] * 3)
+    assert small["interval"][1] > 0 and tables.compare_paired({"harmful_vs_sft": small}) == "unresolved"
+    spread = tables.paired_difference([-0.2, -0.1, -0.15], [[0.2, 0.3]] * 3)
+    assert spread["interval"][1] == pytest.approx(-0.15 + 4.303 * 0.05 / 3 ** 0.5, abs=1e-4)
+    assert tables.compare_paired({"harmful_vs_sft": spread}) == "lower" and spread["lower"] == 3
     points = {m: (r["harmful_rate"]["mean"], r["task_accuracy"]["mean"]) for m, r in rows.items()}
     assert tables.pareto_front(points) == ["spf", "sft"]  # mix: as harmful as sft, less accurate
 
@@ -53,9 +67,10 @@ def test_bench_aggregates_seeds_ratios_to_sft_and_the_pareto_front(tmp_path):
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| spf | 30.0 ± 2.0 |" in text and "1.50×" in text and "Failed cells" in text
     assert "gate fired 70.0%; global conflict 50.0%" in text  # per-tensor gates project beyond the global test
-    assert "vs sft, same seed: -50.0 ± 0.0 points, lower on 3/3 seeds, higher on 0" in text
+    assert "vs sft, same seed: -50.0 ± 0.0 points [-52.9, -47.1], lower on 3/3 seeds, higher on 0" in text
     assert "the cells' own times add up to 6.0 min" in text  # 3 sft cells of 120 s; the others carry no time
     assert "**spf** vs sft on harmful rate: lower in 1 of 1 settings" in text
+    assert "by the paired test lower in 1 (mixed-0.1/full)." in text and "the paired test resolves none." in text
     assert "**mixed-0.1 / full**" in text and "**spf** (30.0%" in text
     assert (tmp_path / "pareto.png").stat().st_size > 0 and paths["json"].endswith("results.json")
 

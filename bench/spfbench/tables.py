@@ -29,6 +29,22 @@ def summarize_values(values: list[float], cis: list[list[float | None]]) -> dict
     return {"mean": mean, "sd": sd, "min": min(values), "max": max(values), "n": n, "interval": interval}
 
 
+def paired_difference(deltas: list[float], cis: list[list[float | None]]) -> dict[str, Any]:
+    """Per-seed differences d_s = method - sft on the same seed (n >= 2), with a paired t-interval.
+
+    interval = mean(d) +- max(t_{0.975,n-1} sd(d) / sqrt(n), b / sqrt(n)), b = the method's mean bootstrap
+    half-width over those seeds. The t-term is the seed-to-seed spread of the difference; the floor keeps a
+    difference that happens to be equal on every seed (one prompt of 80, say: sd 0) from looking certain, since each
+    d_s is itself measured on a finite prompt set. It is the same rule as :func:`summarize_values`, applied to d.
+    """
+    n = len(deltas)
+    mean, sd = statistics.mean(deltas), statistics.stdev(deltas)
+    halves = [(hi - lo) / 2 for lo, hi in cis if lo is not None and hi is not None]
+    half = max(T_975.get(n - 1, 1.96) * sd / math.sqrt(n), (sum(halves) / len(halves) if halves else 0.0) / math.sqrt(n))
+    return {"mean": mean, "sd": sd, "n": n, "interval": [mean - half, mean + half],
+            "lower": sum(d < 0 for d in deltas), "higher": sum(d > 0 for d in deltas)}
+
+
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (scenario, mode, method): metrics over seeds and time/memory ratios to sft of the same seed."""
     ok = [r for r in results if r.get("status") == "ok" and r.get("kind") == "train"]
@@ -50,13 +66,14 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for name, s in c["eval"].get("safety_sets", {}).items():
                 sets.setdefault(name, []).append(s["harmful_rate"])
         row["harmful_rate_by_set"] = {name: sum(v) / len(v) for name, v in sets.items()}
-        time_ratios, mem_ratios, mem_extra, deltas = [], [], [], []
+        time_ratios, mem_ratios, mem_extra, deltas, delta_cis = [], [], [], [], []
         for c in cells:
             ref = sft.get((scenario, mode, c["seed"]))
             if ref is None:
                 continue
             if method != "sft" and None not in (c["eval"].get("harmful_rate"), ref["eval"].get("harmful_rate")):
                 deltas.append(c["eval"]["harmful_rate"] - ref["eval"]["harmful_rate"])
+                delta_cis.append(c["eval"].get("harmful_rate_ci") or [None, None])
             if ref["train"].get("seconds_per_step"):
                 time_ratios.append(c["train"]["seconds_per_step"] / ref["train"]["seconds_per_step"])
             if ref.get("peak_memory_mb") and c.get("peak_memory_mb"):
@@ -65,9 +82,7 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(deltas) >= 2:
             # Same seed = same data subset, order and initialization: the paired difference is free of the
             # seed-to-seed spread that both methods share.
-            row["harmful_vs_sft"] = {"mean": statistics.mean(deltas), "sd": statistics.stdev(deltas),
-                                     "n": len(deltas), "lower": sum(d < 0 for d in deltas),
-                                     "higher": sum(d > 0 for d in deltas)}
+            row["harmful_vs_sft"] = paired_difference(deltas, delta_cis)
         row["seconds_per_step"] = statistics.median(c["train"]["seconds_per_step"] for c in cells)
         row["time_ratio"] = sum(time_ratios) / len(time_ratios) if time_ratios else None
         row["memory_ratio"] = sum(mem_ratios) / len(mem_ratios) if mem_ratios else None
@@ -114,6 +129,18 @@ def compare(row: dict[str, Any], ref: dict[str, Any], key: str = "harmful_rate")
     return "unresolved"
 
 
+def compare_paired(row: dict[str, Any]) -> str:
+    """``lower`` / ``higher`` when the paired interval of the difference to sft excludes 0, else ``unresolved``.
+
+    Rows with fewer than two seeds paired with sft have no paired test: ``unresolved``.
+    """
+    paired = row.get("harmful_vs_sft")
+    if not paired or "interval" not in paired:
+        return "unresolved"
+    lo, hi = paired["interval"]
+    return "lower" if hi < 0 else "higher" if lo > 0 else "unresolved"
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
@@ -153,8 +180,11 @@ def findings(rows: list[dict[str, Any]], aligned: dict[str, Any] | None) -> tupl
         for name, r in methods.items():
             if name == "sft":
                 continue
-            verdict = {"lower": "wins", "higher": "loses", "unresolved": "ties"}[compare(r, ref)]
-            tally.setdefault(name, {"wins": [], "loses": [], "ties": []})[verdict].append(f"{scenario}/{mode}")
+            t = tally.setdefault(name, {"wins": [], "loses": [], "ties": [], "paired_lower": [], "paired_higher": []})
+            t[{"lower": "wins", "higher": "loses", "unresolved": "ties"}[compare(r, ref)]].append(f"{scenario}/{mode}")
+            paired = compare_paired(r)
+            if paired != "unresolved":
+                t[f"paired_{paired}"].append(f"{scenario}/{mode}")
         acc_ref = ref.get("task_accuracy", {}).get("mean")
         keep = {n: r for n, r in methods.items() if "harmful_rate" in r
                 and (acc_ref is None or r.get("task_accuracy", {}).get("mean", 0.0) >= acc_ref - 0.05)}
@@ -166,11 +196,15 @@ def findings(rows: list[dict[str, Any]], aligned: dict[str, Any] | None) -> tupl
         if aligned and aligned.get("harmful_rate") is not None:
             line += f" (aligned start {_pct(aligned['harmful_rate'])}%)"
         if best is not None and best[0] != "sft":
-            resolved = compare(best[1], ref) == "lower"
+            if compare(best[1], ref) == "lower":
+                resolved = ""
+            elif compare_paired(best[1]) == "lower":
+                resolved = ", resolved by the paired test only"
+            else:
+                resolved = ", a difference this grid does not resolve"
             line += (f"; lowest harmful rate within 5 points of sft's task accuracy: **{best[0]}** "
                      f"({_pct(best[1]['harmful_rate']['mean'])}%, task accuracy "
-                     f"{_pct(best[1].get('task_accuracy', {}).get('mean'))}% vs {_pct(acc_ref)}%)"
-                     + ("" if resolved else ", a difference this grid does not resolve"))
+                     f"{_pct(best[1].get('task_accuracy', {}).get('mean'))}% vs {_pct(acc_ref)}%){resolved}")
         else:
             line += "; no method beats sft's harmful rate within 5 points of its task accuracy"
         line += f". Pareto front: {', '.join(front)}."
@@ -178,14 +212,17 @@ def findings(rows: list[dict[str, Any]], aligned: dict[str, Any] | None) -> tupl
     lines = []
     for name in sorted(tally, key=lambda n: ALL_METHODS.index(n) if n in ALL_METHODS else 99):
         t = tally[name]
-        total = sum(len(v) for v in t.values())
+        total = len(t["wins"]) + len(t["loses"]) + len(t["ties"])
         text = f"**{name}** vs sft on harmful rate: lower in {len(t['wins'])} of {total} settings"
         if t["wins"]:
             text += f" ({', '.join(t['wins'])})"
         text += f", higher in {len(t['loses'])}"
         if t["loses"]:
             text += f" ({', '.join(t['loses'])})"
-        text += f", not resolved in {len(t['ties'])}."
+        text += f", not resolved in {len(t['ties'])}"
+        paired = [f"{word} in {len(t[key])} ({', '.join(t[key])})" for word, key in
+                  (("lower", "paired_lower"), ("higher", "paired_higher")) if t[key]]
+        text += f"; by the paired test {', '.join(paired)}." if paired else "; the paired test resolves none."
         lines.append(text)
     return lines, choices
 
@@ -235,8 +272,10 @@ def markdown(cfg: BenchConfig, rows: list[dict[str, Any]], results: list[dict[st
                 notes.append(f"+{r['mix_safety_examples']:.0f} refusals")
             paired = r.get("harmful_vs_sft")
             if paired:
-                notes.append(f"vs sft, same seed: {100 * paired['mean']:+.1f} ± {_pct(paired['sd'])} points, lower on "
-                             f"{paired['lower']}/{paired['n']} seeds, higher on {paired['higher']}")
+                lo, hi = paired["interval"]
+                notes.append(f"vs sft, same seed: {100 * paired['mean']:+.1f} ± {_pct(paired['sd'])} points "
+                             f"[{100 * lo:+.1f}, {100 * hi:+.1f}], lower on {paired['lower']}/{paired['n']} seeds, "
+                             f"higher on {paired['higher']}")
             extra = [f"{n}: {_pct(v)}" for n, v in r["harmful_rate_by_set"].items() if n != cfg.safety_sets[0]]
             if extra:
                 notes.append("harmful " + ", ".join(extra))
@@ -251,8 +290,10 @@ def markdown(cfg: BenchConfig, rows: list[dict[str, Any]], results: list[dict[st
             "A method wins or loses against sft on a setting only when the harmful-rate intervals are disjoint "
             "(one seed: bootstrap CIs; several: see `bench/run.py`); everything else is reported as not resolved. "
             "With several seeds the notes also give the harmful-rate difference to sft on the same seed (same data "
-            "subset and order), mean ± sd over seeds: it is not blurred by the spread the two share, but it is not "
-            "used for the verdicts.", ""]
+            "subset and order), mean ± sd over seeds and its paired interval [lo, hi]: it is not blurred by the "
+            "spread the two share. The paired test (that interval excludes 0) is reported beside the verdicts, "
+            "not instead of them. Neither is corrected for the number of settings and methods compared: where a method "
+            "makes no difference, its paired test still calls one about 5% of the time.", ""]
     out += [f"- {line}" for line in wins] + [""]
     out += ["## What to choose, per setting", ""] + [f"- {line}" for line in choices] + [""]
     out += ["![safety vs utility](pareto.png)", "", "## Settings", "",
