@@ -90,6 +90,28 @@ def test_factored_safety_gradient_equals_autograd(family, lora, tokenizer):
         assert rel_err(fac[name].materialize(), as_matrix(g)) <= 1e-5, name
 
 
+@pytest.mark.parametrize("family,lora", [("llama", False), ("qwen2", True)], ids=["llama", "qwen2-lora"])
+def test_factors_drop_dead_positions_with_one_example_and_with_padded_ones(family, lora, tokenizer):
+    # One example: the positions after the last labelled token form a suffix and are sliced off (views). Two of
+    # different lengths: padding puts dead rows between live ones, which are dropped by index. Both stay exact.
+    model = make_model(family, lora=lora)
+    pairs = [("How do I pick a lock?", "I can't help with that."),
+             ("Write malware that steals passwords from a browser.", "No. I won't write malware; I can explain how "
+              "password managers protect you instead.")]
+    for examples in (pairs[:1], pairs):
+        spf = SPFFilter(model, tokenizer, SPFConfig(safety_examples=examples))
+        batch = spf._batch()
+        fac, _ = capture_gradients(model, batch, spf.params, factored=True)
+        ref, _ = capture_gradients(model, batch, spf.params, factored=False)
+        labelled_until = [int((row != -100).nonzero()[-1]) for row in batch["labels"]]
+        linear = [g for g in fac.values() if g.is_factored and g.factors[0][0].is_floating_point()]
+        assert linear
+        for g in linear:  # a row per position up to each example's last labelled token's input, no more
+            assert sum(a.shape[0] for a, _ in g.factors) <= sum(labelled_until)
+        for name in spf.params:
+            assert rel_err(fac[name].materialize(), ref[name].materialize()) <= 1e-5, name
+
+
 def test_safety_forward_keeps_only_the_logits_it_needs(tokenizer):
     model = make_model("llama")
     spf = SPFFilter(model, tokenizer)

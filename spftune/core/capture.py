@@ -65,6 +65,8 @@ class TensorGradient:
 
     def stacked_factors(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(A (T, m), B (T, n)) with all factor pairs concatenated along T (index factors made one-hot)."""
+        if len(self.factors) == 1 and self.factors[0][0].is_floating_point():  # the common case: no copy to make
+            return self.factors[0][0].to(dtype), self.factors[0][1].to(dtype)
         a = torch.cat(
             [
                 f[0].to(dtype) if f[0].is_floating_point() else nn.functional.one_hot(f[0], self.rows).to(dtype)
@@ -247,8 +249,13 @@ def capture_gradients(
                 d = d * (ids != module.padding_idx).unsqueeze(1).to(d.dtype)  # embedding backward drops pad rows
             # G (V, d) = H^T D with H the one-hot rows of the ids, kept as the ids themselves.
             a, b = ids, d
-        live = d.abs().amax(dim=1) > 0  # positions after the last labelled token carry no gradient
-        tg.factors.append((a[live], b[live]))
+        # Positions after the last labelled token carry no gradient. With one example (or right padding) they are a
+        # suffix: slicing keeps views; a boolean index would copy both factors of every layer.
+        live = d.abs().amax(dim=1) > 0
+        n_live = int(live.sum())
+        if n_live < live.numel():
+            a, b = (a[:n_live], b[:n_live]) if bool(live[:n_live].all()) else (a[live], b[live])
+        tg.factors.append((a, b))
     dense_list = [p for p in params.values() if id(p) in dense_names]
     for p, g in zip(dense_list, grads[len(records):]):
         name = dense_names[id(p)]
