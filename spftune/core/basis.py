@@ -63,18 +63,30 @@ class SubspaceBasis:
         # ||G_s||_F^2 = ||C||_F^2 in every form (Q has orthonormal columns).
         return self.C.pow(2).sum()
 
+    def _reduced(self, g: torch.Tensor) -> torch.Tensor | None:
+        """P = Q^T g (r, n) in float32 for the factored forms; None when G_s is stored densely."""
+        if self.rows is not None:
+            return g[self.rows].float()
+        if self.Q is not None:
+            return (self.Q.to(g.dtype).T @ g).float()
+        return None
+
+    def _dense_dot(self, g: torch.Tensor) -> torch.Tensor:
+        return (self.C.to(g.dtype) * g).float().sum() if g.dtype != torch.float32 else (self.C * g).sum()
+
+    def dot(self, g: torch.Tensor) -> torch.Tensor:
+        """<g, G_s> (float32) for a gradient g viewed as (m, n)."""
+        p = self._reduced(g)
+        return self._dense_dot(g) if p is None else (p * self.C).sum()
+
     def inner(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(<g, G_s>, U^T g) for a gradient g viewed as (m, n); both float32.
 
         Matmuls run in g's dtype (no float32 copy of a large low-precision gradient); results are upcast.
         """
-        if self.rows is not None:
-            p = g[self.rows].float()  # (r, n)
-        elif self.Q is not None:
-            p = (self.Q.to(g.dtype).T @ g).float()  # (r, n)
-        else:
-            dot = (self.C.to(g.dtype) * g).float().sum() if g.dtype != torch.float32 else (self.C * g).sum()
-            return dot, (self.U.to(g.dtype).T @ g).float()
+        p = self._reduced(g)  # (r, n): both quantities come from the same product
+        if p is None:
+            return self._dense_dot(g), (self.U.to(g.dtype).T @ g).float()
         return (p * self.C).sum(), self.Uc.T @ p
 
     def remove_(self, g: torch.Tensor, coeff: torch.Tensor) -> None:
@@ -117,7 +129,7 @@ class RandomBasis:
         return self.safety.safety_norm_sq
 
     def inner(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.safety.inner(g)[0], (self.U.to(g.dtype).T @ g).float()
+        return self.safety.dot(g), (self.U.to(g.dtype).T @ g).float()
 
     def remove_(self, g: torch.Tensor, coeff: torch.Tensor) -> None:
         g.addmm_(self.U.to(g.dtype), coeff.to(g.dtype), alpha=-1)
