@@ -14,17 +14,22 @@ from .grid import ALL_METHODS, HOUSE_TASK, METRICS, OVERREFUSAL_SETS, SCENARIOS,
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
+def comparison_half_width(sd: float, n: int, cis: list[list[float | None]]) -> float:
+    """max(t_{0.975,n-1} sd / sqrt(n), mean bootstrap half-width of ``cis`` / sqrt(n)): the interval rule of a mean."""
+    halves = [(hi - lo) / 2 for lo, hi in cis if lo is not None and hi is not None]
+    boot = (sum(halves) / len(halves)) if halves else 0.0
+    return max(T_975.get(n - 1, 1.96) * sd / math.sqrt(n), boot / math.sqrt(n))
+
+
 def summarize_values(values: list[float], cis: list[list[float | None]]) -> dict[str, Any]:
     """mean, sd, min, max, n of per-seed values, and the comparison interval (see ``bench/run.py``'s docstring)."""
     n = len(values)
     mean = sum(values) / n
     sd = statistics.stdev(values) if n > 1 else 0.0
-    halves = [(hi - lo) / 2 for lo, hi in cis if lo is not None and hi is not None]
-    boot = (sum(halves) / len(halves)) if halves else 0.0
     if n == 1 and cis and None not in cis[0]:
         interval = list(cis[0])
     else:
-        half = max(T_975.get(n - 1, 1.96) * sd / math.sqrt(n), boot / math.sqrt(n))
+        half = comparison_half_width(sd, n, cis)
         interval = [max(0.0, mean - half), min(1.0, mean + half)]
     return {"mean": mean, "sd": sd, "min": min(values), "max": max(values), "n": n, "interval": interval}
 
@@ -35,12 +40,11 @@ def paired_difference(deltas: list[float], cis: list[list[float | None]]) -> dic
     interval = mean(d) +- max(t_{0.975,n-1} sd(d) / sqrt(n), b / sqrt(n)), b = the method's mean bootstrap
     half-width over those seeds. The t-term is the seed-to-seed spread of the difference; the floor keeps a
     difference that happens to be equal on every seed (one prompt of 80, say: sd 0) from looking certain, since each
-    d_s is itself measured on a finite prompt set. It is the same rule as :func:`summarize_values`, applied to d.
+    d_s is itself measured on a finite prompt set. It is :func:`comparison_half_width`, the rule of :func:`summarize_values`, applied to d.
     """
     n = len(deltas)
     mean, sd = statistics.mean(deltas), statistics.stdev(deltas)
-    halves = [(hi - lo) / 2 for lo, hi in cis if lo is not None and hi is not None]
-    half = max(T_975.get(n - 1, 1.96) * sd / math.sqrt(n), (sum(halves) / len(halves) if halves else 0.0) / math.sqrt(n))
+    half = comparison_half_width(sd, n, cis)
     return {"mean": mean, "sd": sd, "n": n, "interval": [mean - half, mean + half],
             "lower": sum(d < 0 for d in deltas), "higher": sum(d > 0 for d in deltas)}
 
